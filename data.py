@@ -1,0 +1,172 @@
+"""Support code shared by the scripts: datasets as one uint8 tensor, batches, image, log and checkpoint I/O.
+
+No loss logic lives here. Every user error is raised as SystemExit("error: ..."): one line, exit status 1.
+"""
+
+import csv
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageOps
+from torchvision import datasets
+from torchvision.utils import save_image
+
+NATIVE_SIZE = {"mnist": 28, "cifar10": 32, "stl10": 96, "folder": 64}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def pick_device(name):
+    """--device auto|cpu|cuda|cuda:N -> torch.device; auto takes CUDA when present."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name} asked for, but this torch ({torch.__version__}) sees no CUDA GPU")
+    return torch.device(name)
+
+
+def load_dataset(name, root, size, device):
+    """The whole training set as one uint8 tensor (N, C, size, size) on `device`."""
+    if name == "folder":
+        x = _load_folder(root, size)
+    elif name in ("mnist", "cifar10", "stl10"):
+        x = _load_torchvision(name, root, size)
+    else:
+        raise SystemExit(f"error: unknown dataset {name!r}; choose mnist, cifar10, stl10 or folder")
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else os.sysconf("SC_AVPHYS_PAGES") * 4096
+    if x.numel() > 0.7 * free:
+        raise SystemExit(
+            f"error: {name} at size {size} needs {x.numel() / 2**30:.1f} GiB but {device} has {free / 2**30:.1f} GiB "
+            "free; use a smaller --size or a subset of the images (--dataset folder)"
+        )
+    return x.to(device)
+
+
+def _load_torchvision(name, root, size):
+    cls, kw = {
+        "mnist": (datasets.MNIST, {"train": True}),
+        "cifar10": (datasets.CIFAR10, {"train": True}),
+        "stl10": (datasets.STL10, {"split": "unlabeled"}),  # the 100k unlabeled images
+    }[name]
+    try:
+        ds = cls(root, download=True, **kw)
+    except Exception as e:
+        raise SystemExit(
+            f"error: could not download {name} into {root} ({type(e).__name__}: {str(e).strip().splitlines()[-1]}); "
+            f"offline, put the images in a folder and run with --dataset folder --data-root DIR"
+        ) from None
+    x = torch.as_tensor(ds.data)
+    x = x[:, None] if x.dim() == 3 else x  # MNIST (N, 28, 28) -> (N, 1, 28, 28)
+    x = x.permute(0, 3, 1, 2) if x.shape[-1] == 3 else x  # CIFAR-10 stores (N, 32, 32, 3)
+    if x.shape[-1] != size:  # resize in chunks to keep float memory small
+        x = torch.cat([_resize(c, size) for c in x.split(4096)])
+    return x.contiguous()
+
+
+def _resize(x, size):
+    y = F.interpolate(x.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def _load_folder(root, size):
+    """Every image under root, recursively, centre-cropped and resized; 1 channel if all are grayscale."""
+    if not os.path.isdir(root):
+        raise SystemExit(f"error: --data-root {root} is not a folder")
+    exts = {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}
+    paths = sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if os.path.splitext(f)[1].lower() in exts
+    )
+    images, gray, bad = [], True, []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                gray &= im.mode in GRAY_MODES
+                im = ImageOps.fit(ImageOps.exif_transpose(im).convert("RGB"), (size, size), Image.BICUBIC)
+        except Exception:  # unreadable or corrupt: skip it, count it, report it
+            bad.append(p)
+            continue
+        images.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3))
+    if bad:
+        print(f"warning: skipped {len(bad)} unreadable image file(s) under {root}, e.g. {bad[0]}")
+    if not images:
+        raise SystemExit(f"error: no readable images under {root} (looked for {', '.join(sorted(exts)[:8])}, ...)")
+    x = torch.stack(images).permute(0, 3, 1, 2)
+    return (x[:, :1] if gray else x).contiguous()
+
+
+def batches(x, batch_size):
+    """Endless random batches from the uint8 dataset, scaled to [-1, 1], never leaving its device."""
+    while True:
+        idx = torch.randint(len(x), (batch_size,), device=x.device)
+        yield x[idx].float().div_(127.5).sub_(1)
+
+
+def save_grid(x, path, nrow=8):
+    """Save images in [-1, 1] as one PNG grid."""
+    save_image(x.float().mul(0.5).add(0.5).clamp(0, 1), path, nrow=nrow, padding=2)
+
+
+def slerp(z0, z1, t):
+    """Spherical interpolation (Gaussian z keep their norm) from z0 to z1, both (B, Z), at t (T,) -> (B, T, Z)."""
+    omega = torch.acos(F.cosine_similarity(z0, z1, dim=1).clamp(-1, 1)).clamp_min(1e-4)[:, None, None]  # (B, 1, 1)
+    t = t[None, :, None]  # (1, T, 1)
+    return (torch.sin((1 - t) * omega) * z0[:, None] + torch.sin(t * omega) * z1[:, None]) / torch.sin(omega)
+
+
+def save_checkpoint(obj, path):
+    """torch.save to a temporary file, then an atomic rename: a crash never leaves half a checkpoint."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"error: checkpoint {path} does not exist") from None
+    except Exception as e:
+        raise SystemExit(f"error: checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
+
+
+class MetricsLog:
+    """metrics.csv, kept across resumes, and metrics.png: one panel per column, redrawn on every write."""
+
+    def __init__(self, out, columns, start_iter):
+        self.path, self.columns, self.rows = os.path.join(out, "metrics.csv"), ["iter", *columns, "seconds"], []
+        if os.path.exists(self.path):  # a resumed run keeps the rows up to its checkpoint
+            with open(self.path) as f:
+                self.rows = [[float(v) for v in r] for r in list(csv.reader(f))[1:] if int(r[0]) <= start_iter]
+        self._write("w", [self.columns, *self.rows])
+
+    def _write(self, mode, rows):
+        with open(self.path, mode, newline="") as f:
+            csv.writer(f).writerows(rows)
+
+    def append(self, row):
+        self.rows.append(row)
+        self._write("a", [row])
+        self.plot(os.path.join(os.path.dirname(self.path), "metrics.png"))
+
+    def plot(self, path, w=480, h=200, pad=40):
+        names = self.columns[1:-1]
+        img = Image.new("RGB", (w, h * len(names)), "white")
+        draw = ImageDraw.Draw(img)
+        its = [r[0] for r in self.rows]
+        for k, name in enumerate(names):
+            ys = [r[k + 1] for r in self.rows if math.isfinite(r[k + 1])]
+            lo, hi, top = min(ys, default=0), max(ys, default=1), k * h
+            span, x_span = (hi - lo) or 1, (its[-1] - its[0]) or 1
+            draw.rectangle([pad, top + 10, w - 10, top + h - 20], outline="gray")
+            draw.text((pad + 4, top + 12), f"{name}  last {ys[-1] if ys else float('nan'):.4g}", fill="black")
+            draw.text((2, top + 10), f"{hi:.3g}", fill="gray")
+            draw.text((2, top + h - 30), f"{lo:.3g}", fill="gray")
+            pts = [
+                (pad + (i - its[0]) / x_span * (w - 10 - pad), top + h - 20 - (r[k + 1] - lo) / span * (h - 30))
+                for i, r in zip(its, self.rows)
+                if math.isfinite(r[k + 1])
+            ]
+            if len(pts) > 1:
+                draw.line(pts, fill="navy", width=2)
+        draw.text((pad, h * len(names) - 14), f"iter {its[0]:.0f} .. {its[-1]:.0f}", fill="black")
+        img.save(path)
