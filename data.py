@@ -133,20 +133,16 @@ class MetricsLog:
     """metrics.csv, kept across resumes, and metrics.png: one panel per column, redrawn on every write."""
 
     def __init__(self, out, columns, start_iter):
-        self.path, self.columns, self.rows = os.path.join(out, "metrics.csv"), ["iter", *columns, "seconds"], []
-        if os.path.exists(self.path):  # a resumed run keeps the rows up to its checkpoint
-            with open(self.path) as f:
+        self.out, self.columns, self.rows = out, ["iter", *columns, "seconds"], []
+        if os.path.exists(os.path.join(out, "metrics.csv")):  # a resumed run keeps the rows up to its checkpoint
+            with open(os.path.join(out, "metrics.csv")) as f:
                 self.rows = [[float(v) for v in r] for r in list(csv.reader(f))[1:] if int(r[0]) <= start_iter]
-        self._write("w", [self.columns, *self.rows])
 
-    def _write(self, mode, rows):
-        with open(self.path, mode, newline="") as f:
-            csv.writer(f).writerows(rows)
-
-    def append(self, row):
+    def append(self, row):  # rewrites the whole (small) file, so it always matches the checkpoint's past
         self.rows.append(row)
-        self._write("a", [row])
-        self.plot(os.path.join(os.path.dirname(self.path), "metrics.png"))
+        with open(os.path.join(self.out, "metrics.csv"), "w", newline="") as f:
+            csv.writer(f).writerows([self.columns, *([int(r[0]), *(f"{v:.6g}" for v in r[1:])] for r in self.rows)])
+        self.plot(os.path.join(self.out, "metrics.png"))
 
     def plot(self, path, w=480, h=200, pad=40):
         names = self.columns[1:-1]

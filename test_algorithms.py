@@ -1,0 +1,143 @@
+"""The algorithms against closed forms, and learning tests that fail when an update rule is broken."""
+
+import csv
+import os
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import wgan_gp
+
+
+class Linear(torch.nn.Module):
+    """f(x) = w . x: its gradient is w everywhere, so the penalty is (||w|| - 1)^2 whatever eps is."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+
+    def forward(self, x):
+        return (x * self.w).flatten(1).sum(1)
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 3.0])
+def test_gp_of_a_linear_critic_is_its_norm_minus_one_squared(scale):
+    torch.manual_seed(0)
+    w = torch.randn(3, 8, 8)
+    w = w / w.norm() * scale
+    critic = Linear(w.clone())
+    gp = wgan_gp.gradient_penalty(critic, torch.randn(16, 3, 8, 8), torch.randn(16, 3, 8, 8))
+    assert torch.allclose(gp, torch.tensor((scale - 1) ** 2), atol=1e-5)
+    gp.backward()  # d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w||: exists only with create_graph=True
+    assert torch.allclose(critic.w.grad, 2 * (scale - 1) * w / scale, atol=1e-5)
+
+
+def test_gp_norm_is_per_sample_over_c_h_w():
+    a = torch.tensor([0.05, 0.1, 0.3, 0.5]).view(4, 1, 1, 1)
+    x = a * torch.ones(4, 3, 4, 4)  # x_real == x_fake, so x_hat == x whatever eps is
+
+    class Square(torch.nn.Module):  # f(x) = ||x||^2 / 2 per sample: gradient x, norm a_i * sqrt(48)
+        def forward(self, x):
+            return 0.5 * (x**2).flatten(1).sum(1)
+
+    expected = ((a.flatten() * 48**0.5 - 1) ** 2).mean()
+    assert torch.allclose(wgan_gp.gradient_penalty(Square(), x, x.clone()), expected, atol=1e-5)
+
+
+def test_eps_is_uniform_and_drawn_per_sample():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.detach())
+            return x.flatten(1).sum(1)
+
+    x_real, x_fake = torch.ones(2000, 1, 2, 2), -torch.ones(2000, 1, 2, 2)
+    wgan_gp.gradient_penalty(Recorder(), x_real, x_fake)
+    eps = (seen[0] + 1) / 2  # x_hat = eps * 1 + (1 - eps) * (-1)
+    assert torch.allclose(eps, eps[:, :1, :1, :1].expand_as(eps))  # one eps per sample ...
+    eps = eps[:, 0, 0, 0]
+    assert eps.min() >= 0 and eps.max() <= 1 and eps.std() > 0.25  # ... different per sample, not 1, U[0, 1]
+    assert abs(eps.mean() - 0.5) < 0.03 and abs(eps.std() - 12**-0.5) < 0.02
+
+
+@pytest.mark.parametrize("size,s0,k", [(28, 7, 2), (32, 4, 3), (48, 6, 3), (64, 4, 4), (96, 6, 4), (128, 4, 5)])
+def test_networks_fit_every_size(size, s0, k):
+    assert wgan_gp.split_size(size) == (s0, k)
+    G, D = wgan_gp.Generator(16, 3, size, 8), wgan_gp.Critic(3, size, 8)
+    x = G(torch.randn(2, 16))
+    assert x.shape == (2, 3, size, size) and x.abs().max() <= 1 and D(x).shape == (2,)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules())
+
+
+@pytest.mark.parametrize("size", [0, 4, 9, 17, 50, 100, 1000])
+def test_impossible_sizes_are_refused(size):
+    with pytest.raises(SystemExit, match="valid: 6, 8, 10"):
+        wgan_gp.split_size(size)
+
+
+# Learning test: a bimodal data set (half bright, half dark 8x8 gray images). A correct WGAN-GP learns both modes
+# with a critic whose gradient norm stays near 1; a flipped critic loss or a dropped penalty does not.
+
+
+@pytest.fixture(scope="module")
+def bimodal(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bimodal")
+    rng = np.random.default_rng(0)
+    for i in range(64):
+        img = np.clip((204 if i % 2 else 51) + rng.normal(0, 10, (8, 8)), 0, 255).astype(np.uint8)
+        Image.fromarray(img, "L").save(root / f"{i}.png")
+    return str(root)
+
+
+def variant(module, old, new):
+    """The module with one line of its source changed: the learning test must fail on it."""
+    src = open(module.__file__).read()
+    assert src.count(old) == 1, f"{old!r} not found once in {module.__file__}"
+    mutant = types.ModuleType(module.__name__ + "_mutant")
+    mutant.__file__ = module.__file__
+    exec(compile(src.replace(old, new), module.__file__, "exec"), mutant.__dict__)
+    return mutant
+
+
+def learning_failures(module, root, out):
+    module.main(["--dataset", "folder", "--data-root", root, "--size", "8", "--width", "16", "--z-dim", "16",
+                 "--batch-size", "32", "--iters", "200", "--lr", "1e-3", "--device", "cpu", "--log-every", "50",
+                 "--sample-every", "1000", "--out", out])  # fmt: skip
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    G = wgan_gp.Generator(16, 1, 8, 16)
+    G.load_state_dict(ckpt["G"])
+    with torch.no_grad():
+        x = G.eval()(torch.randn(512, 16, generator=torch.Generator().manual_seed(1)))
+    bright, means = (x.mean((1, 2, 3)) > 0).float().mean().item(), x.mean((1, 2, 3)).abs()
+    with open(os.path.join(out, "metrics.csv")) as f:
+        last = list(csv.DictReader(f))[-1]
+    failures = []
+    if not 0.15 < bright < 0.85:
+        failures.append(f"one mode only: {bright:.2f} of the samples are bright")
+    if not 0.3 < means.median() < 0.9:
+        failures.append(f"samples are not near the data's levels +-0.6: median |mean| {means.median():.2f}")
+    if not float(last["w_dist"]) > 0:
+        failures.append(f"critic scores fakes above reals: w_dist {last['w_dist']}")
+    if not float(last["gp"]) < 0.2:
+        failures.append(f"critic gradient norm far from 1: gp {last['gp']}")
+    return failures
+
+
+def test_wgan_gp_learns_both_modes(bimodal, tmp_path):
+    assert learning_failures(wgan_gp, bimodal, str(tmp_path)) == []
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("loss_D = d_fake - d_real + args.lam * gp", "loss_D = d_real - d_fake + args.lam * gp"),  # sign flipped
+        ("loss_D = d_fake - d_real + args.lam * gp", "loss_D = d_fake - d_real"),  # penalty dropped
+        ("loss_G = -D(G(z)).mean()", "loss_G = D(G(z)).mean()"),  # generator sign flipped
+    ],
+)
+def test_wgan_gp_learning_test_catches_a_broken_update(old, new, bimodal, tmp_path):
+    assert learning_failures(variant(wgan_gp, old, new), bimodal, str(tmp_path)) != []

@@ -1,0 +1,227 @@
+"""End-to-end, resume, generate, Ctrl-C and bad-input tests, run for every script on image folders the test writes."""
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+
+SCRIPTS = ["wgan_gp"]
+TINY = ["--width", "8", "--z-dim", "8", "--batch-size", "8", "--n-critic", "2", "--log-every", "2"]
+
+
+def make_folder(root, n=12, gray=False, seed=0):
+    """n non-square images (so the centre crop matters) in nested folders, as a user's folder would hold."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        shape = (40, 52) if gray else (40, 52, 3)
+        path = os.path.join(root, f"sub{i % 2}", f"img{i}.png" if i % 3 else f"img{i}.jpg")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+    return str(root)
+
+
+def run(script, *argv):
+    importlib.import_module(script).main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    base = tmp_path_factory.mktemp("data")
+    return {"gray": make_folder(base / "gray", gray=True), "colour": make_folder(base / "colour", seed=1)}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("kind,size", [("gray", 28), ("colour", 32)])
+def test_end_to_end(script, kind, size, folders, tmp_path):
+    out = tmp_path / "run"
+    run(script, "--dataset", "folder", "--data-root", folders[kind], "--size", size, "--iters", 4,
+        "--sample-every", 2, "--ckpt-every", 2, "--out", out, *TINY)  # fmt: skip
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["iter"] == 4 and ckpt["channels"] == (1 if kind == "gray" else 3) and ckpt["args"]["size"] == size
+    assert {"G", "D", "opt_G", "opt_D", "rng", "fixed_z"} <= set(ckpt)
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "iter,loss_D,loss_G,w_dist,gp,seconds" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    for name in ["samples_0000002.png", "samples_0000004.png"]:  # 8x8 grid, padding 2
+        assert Image.open(out / name).size == (8 * (size + 2) + 2,) * 2
+    assert Image.open(out / "interpolation.png").size == (10 * (size + 2) + 2, 8 * (size + 2) + 2)
+    Image.open(out / "metrics.png").verify()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_equals_uninterrupted(script, folders, tmp_path):
+    common = ["--dataset", "folder", "--data-root", folders["colour"], "--size", 12, "--device", "cpu", *TINY]
+    run(script, *common, "--iters", 6, "--out", tmp_path / "straight")
+    run(script, *common, "--iters", 3, "--out", tmp_path / "split")
+    run(script, "--resume", tmp_path / "split" / "checkpoint.pt", "--iters", 6)
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("straight", "split"))
+    assert b["iter"] == 6
+    for net in ("G", "D"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+    rows = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "3", "4", "6"]  # 3 is the first run's last log
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_generate(script, folders, tmp_path):
+    run(script, "--dataset", "folder", "--data-root", folders["gray"], "--size", 20, "--iters", 2, "--out", tmp_path,
+        *TINY)  # fmt: skip
+    run(script, "--resume", tmp_path / "checkpoint.pt", "--generate", 300)
+    files = sorted((tmp_path / "generated").iterdir())
+    assert len(files) == 300 and files[0].name == "000000.png"
+    for f in files[:3] + files[-3:]:
+        with Image.open(f) as im:
+            assert im.size == (20, 20) and im.getextrema() != ((0, 0),) * 3
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_ctrl_c_saves_a_checkpoint(script, folders, tmp_path):
+    cmd = [sys.executable, f"{script}.py", "--dataset", "folder", "--data-root", folders["gray"], "--size", "12",
+           "--iters", "1000000", "--out", str(tmp_path), *TINY]  # fmt: skip
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / "metrics.png").exists() and p.poll() is None:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode != 0 and "interrupted" in err and "Traceback" not in err
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["iter"] >= 2
+
+
+def bad_inputs(tmp):
+    (tmp / "empty").mkdir()
+    (tmp / "junk").mkdir()
+    (tmp / "junk" / "a.png").write_bytes(b"not a png")
+    (tmp / "junk" / "notes.txt").write_text("no images here")
+    (tmp / "bad.pt").write_bytes(b"garbage")
+    fld = make_folder(tmp / "ok", n=2)
+    return [
+        (["--dataset", "imagenet"], "unknown dataset"),
+        (["--dataset", "folder", "--data-root", tmp / "missing"], "is not a folder"),
+        (["--dataset", "folder", "--data-root", tmp / "empty"], "no readable images"),
+        (["--dataset", "folder", "--data-root", tmp / "junk"], "no readable images"),
+        (["--dataset", "folder", "--data-root", fld, "--size", 100], "valid: 6, 8, 10, 12, 14, 16, 20, 24, 28"),
+        (["--dataset", "folder", "--data-root", fld, "--size", 4], "is not s0*2^k"),
+        (["--resume", tmp / "nope.pt"], "does not exist"),
+        (["--resume", tmp / "bad.pt"], "corrupt"),
+        (["--generate", 5], "needs --resume"),
+    ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "sees no CUDA")])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_input_is_one_line_and_nonzero(script, tmp_path):
+    for argv, message in bad_inputs(tmp_path):
+        with pytest.raises(SystemExit) as e:
+            run(script, *argv, "--out", tmp_path / "out")
+        assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value), argv
+        assert not (tmp_path / "out").exists(), f"{argv} wrote output"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_input_from_the_shell_has_no_traceback(script, tmp_path):
+    r = subprocess.run([sys.executable, f"{script}.py", "--dataset", "folder", "--data-root", str(tmp_path / "none")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_existing_run_is_not_overwritten(script, folders, tmp_path):
+    argv = ["--dataset", "folder", "--data-root", folders["gray"], "--size", 12, "--iters", 2, "--out", tmp_path, *TINY]
+    run(script, *argv)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(SystemExit, match="holds a run already"):
+        run(script, *argv)
+    with pytest.raises(SystemExit, match="does not fit"):  # a checkpoint with other network sizes
+        run(script, "--resume", tmp_path / "checkpoint.pt", "--width", 16, "--iters", 4)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(script, folders, tmp_path, monkeypatch):
+    module = importlib.import_module(script)
+    real_randn, calls = torch.randn, []
+
+    def poisoned_randn(*a, **kw):  # the latent z turns to NaN after the 3rd generator iteration
+        calls.append(1)
+        z = real_randn(*a, **kw)
+        return z * float("nan") if len(calls) > 1 + 3 * 3 else z  # 1 fixed_z, then 3 draws per iteration
+
+    monkeypatch.setattr(module.torch, "randn", poisoned_randn)
+    with pytest.raises(SystemExit, match="NaN"):
+        run(script, "--dataset", "folder", "--data-root", folders["gray"], "--size", 12, "--iters", 10,
+            "--ckpt-every", 2, "--out", tmp_path, *TINY)  # fmt: skip
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["iter"] == 2 and all(torch.isfinite(v).all() for v in ckpt["G"].values())
+
+
+class FakeTorchvision:
+    """Stands in for a torchvision dataset class, with its real on-disk layout of .data and no network."""
+
+    layouts = {"mnist": (torch.uint8, (50, 28, 28)), "cifar10": (np.uint8, (50, 32, 32, 3)),
+               "stl10": (np.uint8, (50, 3, 96, 96))}  # fmt: skip
+
+    def __init__(self, name, fail=False):
+        self.name, self.fail, self.calls = name, fail, []
+
+    def __call__(self, root, download, **kw):
+        self.calls.append(kw)
+        if self.fail:
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried http://x, got: [Errno -2]")
+        dtype, shape = self.layouts[self.name]
+        d = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        return type("DS", (), {"data": torch.from_numpy(d) if dtype is torch.uint8 else d})()
+
+
+@pytest.mark.parametrize("name,cls", [("mnist", "MNIST"), ("cifar10", "CIFAR10"), ("stl10", "STL10")])
+def test_torchvision_datasets_without_network(name, cls, monkeypatch):
+    fake = FakeTorchvision(name)
+    monkeypatch.setattr(data.datasets, cls, fake)
+    size, channels = data.NATIVE_SIZE[name], 1 if name == "mnist" else 3
+    x = data.load_dataset(name, "root", size, torch.device("cpu"))
+    assert x.dtype == torch.uint8 and x.shape == (50, channels, size, size)
+    if name == "stl10":
+        assert fake.calls == [{"split": "unlabeled"}]
+    small = data.load_dataset(name, "root", 16, torch.device("cpu"))  # resized on load
+    assert small.shape == (50, channels, 16, 16) and abs(small.float().mean() - x.float().mean()) < 3
+
+
+def test_offline_download_says_how_to_use_a_folder(monkeypatch):
+    monkeypatch.setattr(data.datasets, "MNIST", FakeTorchvision("mnist", fail=True))
+    with pytest.raises(SystemExit) as e:
+        data.load_dataset("mnist", "root", 28, torch.device("cpu"))
+    assert "could not download mnist" in str(e.value) and "--dataset folder" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_folder_loading(tmp_path, capsys):
+    make_folder(tmp_path / "gray", n=3, gray=True)
+    x = data.load_dataset("folder", str(tmp_path / "gray"), 16, torch.device("cpu"))
+    assert x.shape == (3, 1, 16, 16) and x.dtype == torch.uint8
+    make_folder(tmp_path / "mixed", n=3, gray=True)
+    Image.new("RGB", (30, 20), (255, 0, 0)).save(tmp_path / "mixed" / "red.png")  # one colour image: all RGB
+    (tmp_path / "mixed" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    x = data.load_dataset("folder", str(tmp_path / "mixed"), 16, torch.device("cpu"))
+    assert x.shape == (4, 3, 16, 16) and "skipped 1 unreadable" in capsys.readouterr().out
+    red = x[[i for i in range(4) if x[i, 0].float().mean() > 250 and x[i, 1].float().mean() < 5]]
+    assert len(red) == 1  # the colour image kept its colour
+
+
+def test_batches_are_random_scaled_and_on_device():
+    x = torch.arange(256, dtype=torch.uint8).view(256, 1, 1, 1)
+    b = next(data.batches(x, 4096))
+    assert b.shape == (4096, 1, 1, 1) and b.min() == -1 and b.max() == 1 and len(b.unique()) > 200
+
+
+def test_slerp_endpoints_and_norm():
+    z0, z1 = torch.randn(5, 128), torch.randn(5, 128)
+    z = data.slerp(z0, z1, torch.linspace(0, 1, 7))
+    assert z.shape == (5, 7, 128) and torch.allclose(z[:, 0], z0, atol=1e-5) and torch.allclose(z[:, -1], z1, atol=1e-5)
+    assert (z.norm(dim=2) > 0.8 * z0.norm(dim=1, keepdim=True)).all()  # no shrinking towards 0, unlike lerp
