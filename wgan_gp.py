@@ -1,15 +1,15 @@
-"""WGAN-GP: Gulrajani, Ahmed, Arjovsky, Dumoulin, Courville, "Improved Training of Wasserstein GANs" (2017),
-arXiv:1704.00028. Algorithm 1 (WGAN with gradient penalty) with DCGAN-style networks for square images of
-any size s0*2^k (s0 in 3..7): MNIST, CIFAR-10, STL-10 (the 100k unlabeled images) or a folder of images.
+"""WGAN-GP: Gulrajani et al., "Improved Training of Wasserstein GANs", 2017, arXiv:1704.00028, Algorithm 1.
 
     python wgan_gp.py --dataset stl10 --size 96
     python wgan_gp.py --resume runs/wgan_gp-stl10/checkpoint.pt --generate 50000
 
+The critic is kept 1-Lipschitz by a penalty on its gradient norm at random points between real and fake
+samples, instead of WGAN's weight clipping. DCGAN-style networks for any square size s0*2^k (s0 in 3..7).
+
 Deviations from the paper / official code:
-- DCGAN-style networks (the paper's CIFAR-10 and LSUN numbers use ResNets); the critic has no normalisation
-  at all (section 4 rules out BatchNorm and suggests layer norm; we use none, like the official DCGAN config).
-- Weights start from N(0, 0.02) as in DCGAN (the official code uses He initialisation).
-- Real batches are random indices drawn with replacement, not epochs over the data.
+- DCGAN-style networks (the paper's CIFAR-10 and LSUN results use ResNets). The critic has no normalisation
+  (section 4 rules out BatchNorm and suggests layer norm; none, as in the official DCGAN configuration).
+- Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
 - Sample grids, interpolations and --generate run the generator in eval mode (BatchNorm running statistics).
 """
 
@@ -66,7 +66,7 @@ class Generator(nn.Module):
 
 
 class Critic(nn.Module):
-    """x -> k stride-2 convs + LeakyReLU(0.2), each halving the side -> linear to one unbounded score."""
+    """x -> k stride-2 convs + LeakyReLU(0.2), each halving the side -> one unbounded score (a logit in gan.py)."""
 
     def __init__(self, channels, size, width):
         super().__init__()
@@ -99,17 +99,17 @@ def get_args(argv=None):
     p.add_argument("--data-root", default="data", help="download folder, or the image folder (default: data)")
     p.add_argument("--size", type=int, help="image side s0*2^k (default: the dataset's, 64 for a folder)")
     p.add_argument("--batch-size", type=int, default=64, help="m; Alg. 1: 64")
-    p.add_argument("--iters", type=int, default=100000, help="generator iterations to reach (official: 200000)")
+    p.add_argument("--iters", type=int, default=100000, help="generator iterations to reach (default: 100000)")
     p.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step; Alg. 1: 5")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam alpha; Alg. 1: 1e-4")
     p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1; Alg. 1: 0")
     p.add_argument("--beta2", type=float, default=0.9, help="Adam beta2; Alg. 1: 0.9")
     p.add_argument("--lam", type=float, default=10.0, help="gradient penalty weight lambda; Alg. 1: 10")
-    p.add_argument("--z-dim", type=int, default=128, help="latent size (official code: 128)")
+    p.add_argument("--z-dim", type=int, default=128, help="latent size (default: 128)")
     p.add_argument("--width", type=int, default=64, help="base channel width (DCGAN: 64)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--out", help="output folder (default: runs/wgan_gp-DATASET, or the checkpoint's folder)")
+    p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATASET, or the checkpoint's)")
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")
     p.add_argument("--sample-every", type=int, default=1000, help="sample grid (default: 1000)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint (default: 1000)")
@@ -121,7 +121,7 @@ def get_args(argv=None):
         p.set_defaults(**{k: v for k, v in ckpt["args"].items() if k not in ("resume", "generate", "out")})
         args = p.parse_args(argv)
         args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
-    args.out = args.out or f"runs/wgan_gp-{args.dataset}"
+    args.out = args.out or f"runs/{os.path.basename(__file__)[:-3]}-{args.dataset}"
     args.size = args.size or data.NATIVE_SIZE.get(args.dataset, 64)
     if args.generate and not ckpt:
         raise SystemExit("error: --generate N needs --resume CKPT")
@@ -188,22 +188,22 @@ def main(argv=None):
     try:
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
             for t in range(args.n_critic):  # l.2
-                x_real = next(batches)  # l.4: x ~ P_r, a fresh real batch for every critic step
-                z = torch.randn(args.batch_size, args.z_dim, device=device)  # l.4: z ~ p(z)
+                x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
+                z = torch.randn(args.batch_size, args.z_dim, device=device)  # l.4: x ~ P_r, z ~ p(z)
                 with torch.no_grad():
-                    x_fake = G(z)  # l.5: x~ <- G(z), detached: this step trains the critic only
+                    x_fake = G(z)  # x~ <- G(z), detached: this step trains the critic only
                 d_real, d_fake = D(x_real).mean(), D(x_fake).mean()
-                gp = gradient_penalty(D, x_real, x_fake)  # l.4, l.6: eps ~ U[0, 1], x^ <- eps x + (1 - eps) x~
+                gp = gradient_penalty(D, x_real, x_fake)  # l.4-6: eps ~ U[0, 1], x^ <- eps x + (1 - eps) x~
                 loss_D = d_fake - d_real + args.lam * gp  # l.7: D(x~) - D(x) + lam (||grad D(x^)||_2 - 1)^2
                 opt_D.zero_grad(set_to_none=True)
                 loss_D.backward()
                 opt_D.step()  # l.9: w <- Adam(grad_w mean L, w, alpha, beta1, beta2)
-            z = torch.randn(args.batch_size, args.z_dim, device=device)  # l.11
+            z = torch.randn(args.batch_size, args.z_dim, device=device)  # l.11: z ~ p(z)
             D.requires_grad_(False)  # the generator step needs no critic weight gradients
-            loss_G = -D(G(z)).mean()  # l.12: -D(G(z))
+            loss_G = -D(G(z)).mean()  # l.12: theta <- Adam(grad_theta mean -D(G(z)), theta, alpha, beta1, beta2)
             opt_G.zero_grad(set_to_none=True)
             loss_G.backward()
-            opt_G.step()  # l.12: theta <- Adam(grad_theta mean -D(G(z)), theta, alpha, beta1, beta2)
+            opt_G.step()
             D.requires_grad_(True)
             stats += torch.stack([loss_D, loss_G, d_real - d_fake, gp]).detach()  # w_dist = E[D(x)] - E[D(x~)]
             done = it + 1
