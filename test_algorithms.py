@@ -1,6 +1,7 @@
 """The algorithms against closed forms, and learning tests that fail when an update rule is broken."""
 
 import csv
+import importlib
 import os
 import types
 
@@ -9,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+import gan
+import wgan
 import wgan_gp
 
 
@@ -79,8 +82,82 @@ def test_impossible_sizes_are_refused(size):
         wgan_gp.split_size(size)
 
 
-# Learning test: a bimodal data set (half bright, half dark 8x8 gray images). A correct WGAN-GP learns both modes
-# with a critic whose gradient norm stays near 1; a flipped critic loss or a dropped penalty does not.
+def test_clip_weights_puts_every_critic_parameter_in_bounds():
+    D = wgan.Critic(3, 16, 8)
+    for p in D.parameters():
+        p.data.normal_(0, 1)
+    wgan.clip_weights_(D, 0.01)
+    params = torch.cat([p.flatten() for p in D.parameters()])
+    assert params.abs().max() <= 0.01 and (params.abs() == 0.01).float().mean() > 0.9  # BatchNorm's included
+
+
+def test_critics_differ_only_in_normalisation():
+    bn = torch.nn.modules.batchnorm._BatchNorm
+    assert any(isinstance(m, bn) for m in gan.Critic(1, 32, 8).modules())
+    assert any(isinstance(m, bn) for m in wgan.Critic(1, 32, 8).modules())
+    assert [type(m).__name__ for m in wgan.Critic(1, 32, 8).modules() if not isinstance(m, bn)] == [
+        type(m).__name__ for m in wgan_gp.Critic(1, 32, 8).modules() if not isinstance(m, torch.nn.Identity)
+    ]
+
+
+# Known outputs: G(z) = b everywhere and D(x) = w * mean(x), on data that is 0.6 everywhere. One iteration with
+# n_critic = 1 must log the loss values the paper's formulas give and move w and b the right way.
+
+
+class ConstGenerator(torch.nn.Module):
+    def __init__(self, z_dim, channels, size, width):
+        super().__init__()
+        self.b, self.shape = torch.nn.Parameter(torch.tensor(-0.5)), (channels, size, size)
+
+    def forward(self, z):
+        return self.b * torch.ones(z.size(0), *self.shape)
+
+
+class MeanCritic(torch.nn.Module):
+    def __init__(self, channels, size, width):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.005))
+
+    def forward(self, x):
+        return self.w * x.mean((1, 2, 3))
+
+
+def softplus(v):
+    return float(torch.nn.functional.softplus(torch.tensor(v)))
+
+
+W0, REAL, FAKE = 0.005, 0.6, -0.5
+KNOWN_LOSS_D = {  # at w0, before the critic step; 64 pixels in an 8x8 gray image
+    "wgan_gp": W0 * FAKE - W0 * REAL + 10 * (W0 / 64**0.5 - 1) ** 2,  # E[D(x~)] - E[D(x)] + lam (||grad|| - 1)^2
+    "wgan": W0 * FAKE - W0 * REAL,  # E[D(x~)] - E[D(x)]
+    "gan": softplus(-W0 * REAL) + softplus(W0 * FAKE),  # -log sigmoid(D(x)) - log(1 - sigmoid(D(x~)))
+}
+
+
+@pytest.mark.parametrize("script,extra,g_sign", [("gan", [], 1), ("gan", ["--saturating"], -1), ("wgan", [], 1),
+                                                 ("wgan_gp", [], 1)])  # fmt: skip
+def test_loss_signs_on_a_critic_with_known_outputs(script, extra, g_sign, tmp_path, monkeypatch):
+    module = importlib.import_module(script)
+    monkeypatch.setattr(module, "Generator", ConstGenerator)
+    monkeypatch.setattr(module, "Critic", MeanCritic)
+    (tmp_path / "img").mkdir()
+    Image.new("L", (8, 8), 204).save(tmp_path / "img" / "a.png")  # 204 / 127.5 - 1 = 0.6
+    argv = ["--dataset", "folder", "--data-root", tmp_path / "img", "--size", 8, "--iters", 1, "--n-critic", 1,
+            "--lr", 1e-3, "--log-every", 1, "--out", tmp_path / "out", *extra]  # fmt: skip
+    module.main([str(a) for a in argv])
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["loss_D"]) == pytest.approx(KNOWN_LOSS_D[script], abs=2e-5)
+    assert np.sign(float(row["loss_G"])) == g_sign  # -D(G(z)) > 0 here; -log D(G(z)) > 0; log(1 - D(G(z))) < 0
+    ckpt = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert ckpt["D"]["w"] > W0  # the critic step raised the score of the reals over the fakes
+    assert ckpt["G"]["b"] > FAKE  # the generator step moved the fakes towards the reals
+    if script == "wgan":  # RMSProp's first step is 10 * lr = 0.01: w = 0.015, clipped to c = 0.01
+        assert float(ckpt["D"]["w"]) == pytest.approx(0.01)
+
+
+# Learning test: a bimodal data set (half bright, half dark 8x8 gray images). A correct algorithm learns both
+# modes at the data's grey levels with a sane critic; a broken update rule does not.
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +171,10 @@ def bimodal(tmp_path_factory):
 
 
 def variant(module, old, new):
-    """The module with one line of its source changed: the learning test must fail on it."""
+    """The module with one piece of its source changed: the learning test must fail on it."""
     src = open(module.__file__).read()
     assert src.count(old) == 1, f"{old!r} not found once in {module.__file__}"
-    mutant = types.ModuleType(module.__name__ + "_mutant")
+    mutant = types.ModuleType(module.__name__)
     mutant.__file__ = module.__file__
     exec(compile(src.replace(old, new), module.__file__, "exec"), mutant.__dict__)
     return mutant
@@ -108,8 +185,9 @@ def learning_failures(module, root, out):
                  "--batch-size", "32", "--iters", "200", "--lr", "1e-3", "--device", "cpu", "--log-every", "50",
                  "--sample-every", "1000", "--out", out])  # fmt: skip
     ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
-    G = wgan_gp.Generator(16, 1, 8, 16)
+    G, D = module.Generator(16, 1, 8, 16), module.Critic(1, 8, 16)
     G.load_state_dict(ckpt["G"])
+    D.load_state_dict(ckpt["D"])
     with torch.no_grad():
         x = G.eval()(torch.randn(512, 16, generator=torch.Generator().manual_seed(1)))
     bright, means = (x.mean((1, 2, 3)) > 0).float().mean().item(), x.mean((1, 2, 3)).abs()
@@ -120,24 +198,36 @@ def learning_failures(module, root, out):
         failures.append(f"one mode only: {bright:.2f} of the samples are bright")
     if not 0.3 < means.median() < 0.9:
         failures.append(f"samples are not near the data's levels +-0.6: median |mean| {means.median():.2f}")
-    if not float(last["w_dist"]) > 0:
+    if "w_dist" in last and not float(last["w_dist"]) > 0:
         failures.append(f"critic scores fakes above reals: w_dist {last['w_dist']}")
-    if not float(last["gp"]) < 0.2:
+    if "gp" in last and not float(last["gp"]) < 0.2:
         failures.append(f"critic gradient norm far from 1: gp {last['gp']}")
+    if hasattr(module, "clip_weights_") and max(p.abs().max() for p in D.parameters()) > 0.01 + 1e-6:
+        failures.append("critic weights outside [-c, c]")
     return failures
 
 
-def test_wgan_gp_learns_both_modes(bimodal, tmp_path):
-    assert learning_failures(wgan_gp, bimodal, str(tmp_path)) == []
+@pytest.mark.parametrize("script", ["gan", "wgan", "wgan_gp"])
+def test_learns_both_modes(script, bimodal, tmp_path):
+    assert learning_failures(importlib.import_module(script), bimodal, str(tmp_path)) == []
 
 
-@pytest.mark.parametrize(
-    "old,new",
-    [
-        ("loss_D = d_fake - d_real + args.lam * gp", "loss_D = d_real - d_fake + args.lam * gp"),  # sign flipped
-        ("loss_D = d_fake - d_real + args.lam * gp", "loss_D = d_fake - d_real"),  # penalty dropped
-        ("loss_G = -D(G(z)).mean()", "loss_G = D(G(z)).mean()"),  # generator sign flipped
-    ],
-)
-def test_wgan_gp_learning_test_catches_a_broken_update(old, new, bimodal, tmp_path):
-    assert learning_failures(variant(wgan_gp, old, new), bimodal, str(tmp_path)) != []
+BROKEN = [  # (script, source text, broken replacement)
+    ("wgan_gp", "loss_D = d_fake - d_real + args.lam * gp", "loss_D = d_real - d_fake + args.lam * gp"),
+    ("wgan_gp", "loss_D = d_fake - d_real + args.lam * gp", "loss_D = d_fake - d_real"),  # penalty dropped
+    ("wgan_gp", "loss_G = -D(G(z)).mean()", "loss_G = D(G(z)).mean()"),
+    ("wgan", "loss_D = d_fake - d_real", "loss_D = d_real - d_fake"),
+    ("wgan", "clip_weights_(D, args.clip)  #", "#"),  # clipping skipped
+    ("wgan", "loss_G = -D(G(z)).mean()", "loss_G = D(G(z)).mean()"),
+    (
+        "gan",
+        "bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))",
+        "bce(d_real, torch.zeros_like(d_real)) + bce(d_fake, torch.ones_like(d_fake))",
+    ),  # fmt: skip
+    ("gan", "else bce(d_gen, torch.ones_like(d_gen))", "else bce(d_gen, torch.zeros_like(d_gen))"),
+]
+
+
+@pytest.mark.parametrize("script,old,new", BROKEN)
+def test_learning_test_catches_a_broken_update(script, old, new, bimodal, tmp_path):
+    assert learning_failures(variant(importlib.import_module(script), old, new), bimodal, str(tmp_path)) != []
