@@ -4,7 +4,6 @@ No loss logic lives here. Every user error is raised as SystemExit("error: ...")
 """
 
 import csv
-import math
 import os
 
 import torch
@@ -34,8 +33,8 @@ def load_dataset(name, root, size, device):
         x = _load_torchvision(name, root, size)
     else:
         raise SystemExit(f"error: unknown dataset {name!r}; choose mnist, cifar10, stl10 or folder")
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else os.sysconf("SC_AVPHYS_PAGES") * 4096
-    if x.numel() > 0.7 * free:
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")  # on CPU: already loaded
+    if x.numel() > 0.7 * free:  # leave room for the networks and their activations
         raise SystemExit(
             f"error: {name} at size {size} needs {x.numel() / 2**30:.1f} GiB but {device} has {free / 2**30:.1f} GiB "
             "free; use a smaller --size or a subset of the images (--dataset folder)"
@@ -44,11 +43,8 @@ def load_dataset(name, root, size, device):
 
 
 def _load_torchvision(name, root, size):
-    cls, kw = {
-        "mnist": (datasets.MNIST, {"train": True}),
-        "cifar10": (datasets.CIFAR10, {"train": True}),
-        "stl10": (datasets.STL10, {"split": "unlabeled"}),  # the 100k unlabeled images
-    }[name]
+    cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10, "stl10": datasets.STL10}[name]
+    kw = {"split": "unlabeled"} if name == "stl10" else {"train": True}  # STL-10: the 100k unlabeled images
     try:
         ds = cls(root, download=True, **kw)
     except Exception as e:
@@ -81,11 +77,14 @@ def _load_folder(root, size):
     for p in paths:
         try:
             with Image.open(p) as im:
-                gray &= im.mode in GRAY_MODES
-                im = ImageOps.fit(ImageOps.exif_transpose(im).convert("RGB"), (size, size), Image.BICUBIC)
+                mode, im = (
+                    im.mode,
+                    ImageOps.fit(ImageOps.exif_transpose(im).convert("RGB"), (size, size), Image.BICUBIC),
+                )
         except Exception:  # unreadable or corrupt: skip it, count it, report it
             bad.append(p)
             continue
+        gray &= mode in GRAY_MODES
         images.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3))
     if bad:
         print(f"warning: skipped {len(bad)} unreadable image file(s) under {root}, e.g. {bad[0]}")
@@ -144,25 +143,21 @@ class MetricsLog:
             csv.writer(f).writerows([self.columns, *([int(r[0]), *(f"{v:.6g}" for v in r[1:])] for r in self.rows)])
         self.plot(os.path.join(self.out, "metrics.png"))
 
-    def plot(self, path, w=480, h=200, pad=40):
-        names = self.columns[1:-1]
-        img = Image.new("RGB", (w, h * len(names)), "white")
-        draw = ImageDraw.Draw(img)
-        its = [r[0] for r in self.rows]
-        for k, name in enumerate(names):
-            ys = [r[k + 1] for r in self.rows if math.isfinite(r[k + 1])]
-            lo, hi, top = min(ys, default=0), max(ys, default=1), k * h
-            span, x_span = (hi - lo) or 1, (its[-1] - its[0]) or 1
-            draw.rectangle([pad, top + 10, w - 10, top + h - 20], outline="gray")
-            draw.text((pad + 4, top + 12), f"{name}  last {ys[-1] if ys else float('nan'):.4g}", fill="black")
-            draw.text((2, top + 10), f"{hi:.3g}", fill="gray")
-            draw.text((2, top + h - 30), f"{lo:.3g}", fill="gray")
-            pts = [
-                (pad + (i - its[0]) / x_span * (w - 10 - pad), top + h - 20 - (r[k + 1] - lo) / span * (h - 30))
-                for i, r in zip(its, self.rows)
-                if math.isfinite(r[k + 1])
+    def plot(self, path, w=480, h=160):
+        """One panel per metric against iter; the panel's min and max at its left."""
+        img = Image.new("RGB", (w, h * (len(self.columns) - 2)), "white")
+        draw, its = ImageDraw.Draw(img), [r[0] for r in self.rows]
+        x0, x1 = its[0], max(its[-1], its[0] + 1)
+        for k, name in enumerate(self.columns[1:-1]):
+            ys, top = [r[k + 1] for r in self.rows], k * h  # rows are finite: a NaN stops training first
+            lo, hi = min(ys), max(max(ys), min(ys) + 1e-9)
+            draw.rectangle([50, top + 5, w - 5, top + h - 5], outline="gray")
+            draw.text((55, top + 8), f"{name} {ys[-1]:.4g} at iter {its[-1]:.0f}", fill="black")
+            draw.text((2, top + 5), f"{hi:.3g}", fill="gray")
+            draw.text((2, top + h - 17), f"{lo:.3g}", fill="gray")
+            xy = [
+                (50 + (i - x0) / (x1 - x0) * (w - 55), top + h - 5 - (y - lo) / (hi - lo) * (h - 10))
+                for i, y in zip(its, ys)
             ]
-            if len(pts) > 1:
-                draw.line(pts, fill="navy", width=2)
-        draw.text((pad, h * len(names) - 14), f"iter {its[0]:.0f} .. {its[-1]:.0f}", fill="black")
+            draw.line(xy, fill="navy", width=2)
         img.save(path)

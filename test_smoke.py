@@ -194,6 +194,12 @@ def test_torchvision_datasets_without_network(name, cls, monkeypatch):
     assert small.shape == (50, channels, 16, 16) and abs(small.float().mean() - x.float().mean()) < 3
 
 
+def test_dataset_too_large_for_the_gpu_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.torch.cuda, "mem_get_info", lambda device: (1000, 80 * 2**30))
+    with pytest.raises(SystemExit, match=r"needs 0.0 GiB but cuda has 0.0 GiB free; use a smaller --size"):
+        data.load_dataset("folder", make_folder(tmp_path, n=2), 32, torch.device("cuda"))
+
+
 def test_offline_download_says_how_to_use_a_folder(monkeypatch):
     monkeypatch.setattr(data.datasets, "MNIST", FakeTorchvision("mnist", fail=True))
     with pytest.raises(SystemExit) as e:
