@@ -1,0 +1,33 @@
+"""The README's side-by-side diffs must be the files' real diffs. `python test_readme.py` rewrites them."""
+
+import re
+import subprocess
+
+PAIRS = [("gan.py", "wgan.py"), ("wgan.py", "wgan_gp.py")]
+
+
+def diff(a, b):
+    return subprocess.run(["diff", a, b], capture_output=True, text=True).stdout
+
+
+def block(a, b):
+    return f"<!-- diff {a} {b} -->\n```diff\n{diff(a, b)}```\n"
+
+
+def pattern(a, b):
+    return re.compile(rf"<!-- diff {re.escape(a)} {re.escape(b)} -->\n```diff\n.*?```\n", re.S)
+
+
+def test_readme_diffs_match_the_files():
+    readme = open("README.md").read()
+    for a, b in PAIRS:
+        found = pattern(a, b).search(readme)
+        assert found, f"README.md has no `diff {a} {b}` block"
+        assert found.group(0) == block(a, b), f"README.md's diff {a} {b} is stale: run python test_readme.py"
+
+
+if __name__ == "__main__":
+    text = open("README.md").read()
+    for a, b in PAIRS:
+        text = pattern(a, b).sub(lambda m, a=a, b=b: block(a, b), text)
+    open("README.md", "w").write(text)
