@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageOps
 from torchvision import datasets
+from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import save_image
 
 NATIVE_SIZE = {"mnist": 28, "cifar10": 32, "stl10": 96, "folder": 64}
@@ -104,6 +105,12 @@ def batches(x, batch_size):
 def save_grid(x, path, nrow=8):
     """Save images in [-1, 1] as one PNG grid."""
     save_image(x.float().mul(0.5).add(0.5).clamp(0, 1), path, nrow=nrow, padding=2)
+
+
+def save_gif(frames, path, ms=80):
+    """Save images in [-1, 1], each (C, H, W), as a looping animated GIF."""
+    pil = [to_pil_image(f.float().mul(0.5).add(0.5).clamp(0, 1).cpu()) for f in frames]
+    pil[0].save(path, save_all=True, append_images=pil[1:], duration=ms, loop=0)
 
 
 def slerp(z0, z1, t):

@@ -105,7 +105,7 @@ def test_critics_differ_only_in_normalisation():
 
 
 class ConstGenerator(torch.nn.Module):
-    def __init__(self, z_dim, channels, size, width):
+    def __init__(self, z_dim, channels, size, width, *cppn_args):
         super().__init__()
         self.b, self.shape = torch.nn.Parameter(torch.tensor(-0.5)), (channels, size, size)
 
@@ -129,13 +129,14 @@ def softplus(v):
 W0, REAL, FAKE = 0.005, 0.6, -0.5
 KNOWN_LOSS_D = {  # at w0, before the critic step; 64 pixels in an 8x8 gray image
     "wgan_gp": W0 * FAKE - W0 * REAL + 10 * (W0 / 64**0.5 - 1) ** 2,  # E[D(x~)] - E[D(x)] + lam (||grad|| - 1)^2
+    "cppn_wgan_gp": W0 * FAKE - W0 * REAL + 10 * (W0 / 64**0.5 - 1) ** 2,
     "wgan": W0 * FAKE - W0 * REAL,  # E[D(x~)] - E[D(x)]
     "gan": softplus(-W0 * REAL) + softplus(W0 * FAKE),  # -log sigmoid(D(x)) - log(1 - sigmoid(D(x~)))
 }
 
 
 @pytest.mark.parametrize("script,extra,g_sign", [("gan", [], 1), ("gan", ["--saturating"], -1), ("wgan", [], 1),
-                                                 ("wgan_gp", [], 1)])  # fmt: skip
+                                                 ("wgan_gp", [], 1), ("cppn_wgan_gp", [], 1)])  # fmt: skip
 def test_loss_signs_on_a_critic_with_known_outputs(script, extra, g_sign, tmp_path, monkeypatch):
     module = importlib.import_module(script)
     monkeypatch.setattr(module, "Generator", ConstGenerator)
@@ -180,12 +181,12 @@ def variant(module, old, new):
     return mutant
 
 
-def learning_failures(module, root, out):
+def learning_failures(module, root, out, *extra):
     module.main(["--dataset", "folder", "--data-root", root, "--size", "8", "--width", "16", "--z-dim", "16",
                  "--batch-size", "32", "--iters", "200", "--lr", "1e-3", "--device", "cpu", "--log-every", "50",
-                 "--sample-every", "1000", "--out", out])  # fmt: skip
+                 "--sample-every", "1000", "--out", out, *extra])  # fmt: skip
     ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
-    G, D = module.Generator(16, 1, 8, 16), module.Critic(1, 8, 16)
+    G, D = module.Generator(16, 1, 8, 16), module.Critic(1, 8, 16)  # the CPPN's width is the 4th argument too
     G.load_state_dict(ckpt["G"])
     D.load_state_dict(ckpt["D"])
     with torch.no_grad():
@@ -207,9 +208,10 @@ def learning_failures(module, root, out):
     return failures
 
 
-@pytest.mark.parametrize("script", ["gan", "wgan", "wgan_gp"])
+@pytest.mark.parametrize("script", ["gan", "wgan", "wgan_gp", "cppn_wgan_gp"])
 def test_learns_both_modes(script, bimodal, tmp_path):
-    assert learning_failures(importlib.import_module(script), bimodal, str(tmp_path)) == []
+    extra = ["--cppn-width", "16"] if script == "cppn_wgan_gp" else []
+    assert learning_failures(importlib.import_module(script), bimodal, str(tmp_path), *extra) == []
 
 
 BROKEN = [  # (script, source text, broken replacement)

@@ -14,8 +14,8 @@ from PIL import Image
 
 import data
 
-SCRIPTS = ["gan", "wgan", "wgan_gp"]
-COLUMNS = {"gan": "loss_D,loss_G,D_x,D_G_z", "wgan": "loss_D,loss_G,w_dist", "wgan_gp": "loss_D,loss_G,w_dist,gp"}
+SCRIPTS = ["gan", "wgan", "wgan_gp", "cppn_wgan_gp"]
+COLUMNS = {"gan": "loss_D,loss_G,D_x,D_G_z", "wgan": "loss_D,loss_G,w_dist"}  # the others: ...,w_dist,gp
 TINY = ["--width", "8", "--z-dim", "8", "--batch-size", "8", "--n-critic", "2", "--log-every", "2"]
 
 
@@ -50,7 +50,9 @@ def test_end_to_end(script, kind, size, folders, tmp_path):
     assert ckpt["iter"] == 4 and ckpt["channels"] == (1 if kind == "gray" else 3) and ckpt["args"]["size"] == size
     assert {"G", "D", "opt_G", "opt_D", "rng", "fixed_z"} <= set(ckpt)
     rows = (out / "metrics.csv").read_text().splitlines()
-    assert rows[0] == f"iter,{COLUMNS[script]},seconds" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    assert rows[0] == f"iter,{COLUMNS.get(script, 'loss_D,loss_G,w_dist,gp')},seconds" and [
+        r.split(",")[0] for r in rows[1:]
+    ] == ["2", "4"]
     for name in ["samples_0000002.png", "samples_0000004.png"]:  # 8x8 grid, padding 2
         assert Image.open(out / name).size == (8 * (size + 2) + 2,) * 2
     assert Image.open(out / "interpolation.png").size == (10 * (size + 2) + 2, 8 * (size + 2) + 2)
@@ -113,7 +115,7 @@ def bad_inputs(tmp):
         (["--dataset", "folder", "--data-root", fld, "--size", 4], "is not s0*2^k"),
         (["--resume", tmp / "nope.pt"], "does not exist"),
         (["--resume", tmp / "bad.pt"], "corrupt"),
-        (["--generate", 5], "needs --resume"),
+        (["--generate", 5], "--resume CKPT"),
     ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "sees no CUDA")])
 
 

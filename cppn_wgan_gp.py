@@ -1,0 +1,264 @@
+"""CPPN-WGAN-GP: a CPPN generator (Stanley 2007; as a GAN generator, Ha 2016) trained with WGAN-GP (Gulrajani
+et al., "Improved Training of Wasserstein GANs", 2017, arXiv:1704.00028, Algorithm 1).
+
+    python cppn_wgan_gp.py --dataset mnist
+    python cppn_wgan_gp.py --resume runs/cppn_wgan_gp-mnist/checkpoint.pt --render 1024
+
+The generator maps one pixel's coordinates (x, y, r) and z to that pixel's value, so a generator trained at
+28x28 draws the same image at any resolution. The critic and the training are wgan_gp.py's.
+
+Deviations from the paper / official code:
+- Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, pooled by 4, is the one at S.
+- The output is tanh into [-1, 1], like the data (the known CPPN-GAN code's sigmoid mismatches it).
+- The CPPN keeps PyTorch's default initialisation (N(0, 0.02) would draw flat images); the critic has DCGAN's.
+- Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
+- Sample grids, interpolations and --generate run the generator in eval mode (BatchNorm running statistics).
+"""
+
+import argparse
+import os
+import time
+from datetime import timedelta
+
+import torch
+import torch.nn as nn
+
+import data
+
+
+def split_size(size):
+    """size = s0 * 2**k with s0 in 3..7, k >= 1 -> (s0, k): the networks start (or end) at s0 x s0."""
+    s0, k = size, 0
+    while s0 % 2 == 0 and (s0 > 7 or k == 0):
+        s0, k = s0 // 2, k + 1
+    if not (3 <= s0 <= 7 and k >= 1):
+        valid = sorted({s * 2**j for s in range(3, 8) for j in range(1, 7) if s * 2**j <= 256})
+        raise SystemExit(f"error: --size {size} is not s0*2^k (s0 in 3..7, k >= 1); valid: {str(valid)[1:-1]}, ...")
+    return s0, k
+
+
+def dcgan_init(m):
+    """DCGAN (Radford et al. 2015, section 4): weights ~ N(0, 0.02), BatchNorm scales ~ N(1, 0.02), biases 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    if isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+    if getattr(m, "bias", None) is not None:
+        nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    """CPPN: for every pixel, tanh(W_z z + W_x x + W_y y + W_r r) -> depth tanh layers -> tanh, in [-1, 1]."""
+
+    def __init__(self, z_dim, channels, size, width, depth=3, scale=8.0):
+        super().__init__()
+        self.channels, self.size, self.width, self.scale = channels, size, width, scale
+        self.fc_z = nn.Linear(z_dim, width)  # W_z z + b, once per sample
+        self.fc_xyr = nn.Linear(3, width, bias=False)  # W_x x + W_y y + W_r r, once per pixel
+        layers = [nn.Tanh()]
+        for _ in range(depth):
+            layers += [nn.Linear(width, width), nn.Tanh()]
+        self.net = nn.Sequential(*layers, nn.Linear(width, channels), nn.Tanh())  # no layer couples pixels
+
+    def forward(self, z, size=None, chunk=None):  # (B, z_dim) -> (B, channels, size, size)
+        size = size or self.size
+        c = (torch.arange(size, device=z.device) * 2 + 1) / size - 1  # pixel centres in (-1, 1)
+        y, x = torch.meshgrid(c * self.scale, c * self.scale, indexing="ij")
+        xyr = torch.stack([x, y, (x**2 + y**2).sqrt()], -1).view(-1, 3)  # (size*size, 3)
+        h_z = self.fc_z(z)[:, None]  # (B, 1, width)
+        chunk = chunk or max(1, 2**24 // (z.size(0) * self.width))  # pixels per pass: bounded memory at any size
+        out = [self.net(h_z + self.fc_xyr(p)) for p in xyr.split(chunk)]  # each (B, pixels, channels)
+        return torch.cat(out, 1).transpose(1, 2).reshape(z.size(0), self.channels, size, size)
+
+
+class Critic(nn.Module):
+    """x -> k stride-2 convs + LeakyReLU(0.2), each halving the side -> one unbounded score (a logit in gan.py)."""
+
+    def __init__(self, channels, size, width):
+        super().__init__()
+        s0, k = split_size(size)
+        Norm = nn.Identity  # section 4: no BatchNorm, the penalty is per sample and BatchNorm couples samples
+        c = width
+        layers = [nn.Conv2d(channels, c, 4, 2, 1), nn.LeakyReLU(0.2)]  # (B, width, size/2, size/2)
+        for _ in range(k - 1):
+            layers += [nn.Conv2d(c, 2 * c, 4, 2, 1), Norm(2 * c), nn.LeakyReLU(0.2)]
+            c *= 2  # (B, c, s/2, s/2): twice the channels, half the side
+        layers += [nn.Flatten(), nn.Linear(c * s0 * s0, 1)]  # (B, c*s0*s0) -> (B, 1)
+        self.net = nn.Sequential(*layers)
+        self.apply(dcgan_init)
+
+    def forward(self, x):  # (B, channels, size, size)
+        return self.net(x).view(-1)  # (B,)
+
+
+def gradient_penalty(critic, x_real, x_fake):
+    """E[(||grad_x_hat D(x_hat)||_2 - 1)^2] at x_hat = eps*x_real + (1 - eps)*x_fake, eps ~ U[0, 1] per sample."""
+    eps = torch.rand(x_real.size(0), 1, 1, 1, device=x_real.device)  # Alg. 1 l.4: one eps per sample
+    x_hat = (eps * x_real + (1 - eps) * x_fake).requires_grad_(True)  # l.6
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)  # graph kept: loss_D needs d/dw
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()  # l.7: norm per sample over C x H x W
+
+
+@torch.no_grad()
+def render(G, z, size, out, n=4, steps=6):
+    """The first n fixed z drawn at size x size (a PNG grid), and a looping slerp through them (a GIF)."""
+    samples = torch.cat([G(z[i : i + 1], size).cpu() for i in range(n)])  # one at a time: bounded memory
+    data.save_grid(samples, os.path.join(out, f"render_{size}.png"), nrow=2)
+    t = torch.linspace(0, 1, steps + 1, device=z.device)[:-1]  # steps frames from each z to the next
+    path = data.slerp(z[:n], z[list(range(1, n)) + [0]], t).flatten(0, 1)  # (n * steps, z_dim), back to the start
+    data.save_gif([G(p[None], size)[0].cpu() for p in path], os.path.join(out, f"interpolation_{size}.gif"))
+    print(f"wrote render_{size}.png and interpolation_{size}.gif to {out}")
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist", help="mnist | cifar10 | stl10 | folder (default: mnist)")
+    p.add_argument("--data-root", default="data", help="download folder, or the image folder (default: data)")
+    p.add_argument("--size", type=int, help="image side s0*2^k (default: the dataset's, 64 for a folder)")
+    p.add_argument("--batch-size", type=int, default=64, help="m; Alg. 1: 64")
+    p.add_argument("--iters", type=int, default=100000, help="generator iterations to reach (default: 100000)")
+    p.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step; Alg. 1: 5")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam alpha; Alg. 1: 1e-4")
+    p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1; Alg. 1: 0")
+    p.add_argument("--beta2", type=float, default=0.9, help="Adam beta2; Alg. 1: 0.9")
+    p.add_argument("--lam", type=float, default=10.0, help="gradient penalty weight lambda; Alg. 1: 10")
+    p.add_argument("--z-dim", type=int, default=128, help="latent size (default: 128)")
+    p.add_argument("--width", type=int, default=64, help="base channel width (DCGAN: 64)")
+    p.add_argument("--cppn-width", type=int, default=128, help="CPPN hidden units (CPPN-GAN code: 128)")
+    p.add_argument("--cppn-depth", type=int, default=3, help="CPPN tanh layers after the first (CPPN-GAN: 3)")
+    p.add_argument("--coord-scale", type=float, default=8.0, help="x, y in [-s, s] (CPPN-GAN code: 8)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATASET, or the checkpoint's)")
+    p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")
+    p.add_argument("--sample-every", type=int, default=1000, help="sample grid (default: 1000)")
+    p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint (default: 1000)")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pt up to --iters")
+    p.add_argument("--generate", type=int, default=0, metavar="N", help="with --resume: write N PNGs and exit")
+    p.add_argument("--render", type=int, default=0, metavar="SIZE", help="with --resume: draw at SIZE and exit")
+    args = p.parse_args(argv)
+    ckpt = data.load_checkpoint(args.resume) if args.resume else None
+    if ckpt:  # the checkpoint's settings, except those given on this command line
+        p.set_defaults(**{k: v for k, v in ckpt["args"].items() if k not in ("resume", "generate", "out")})
+        args = p.parse_args(argv)
+        args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
+    args.out = args.out or f"runs/{os.path.basename(__file__)[:-3]}-{args.dataset}"
+    args.size = args.size or data.NATIVE_SIZE.get(args.dataset, 64)
+    if (args.generate or args.render) and not ckpt:
+        raise SystemExit("error: --generate N and --render SIZE need --resume CKPT")
+    if not ckpt and os.path.exists(os.path.join(args.out, "checkpoint.pt")):
+        raise SystemExit(f"error: {args.out} holds a run already; continue it with --resume or choose --out")
+    return args, ckpt
+
+
+def main(argv=None):
+    args, ckpt = get_args(argv)
+    device = data.pick_device(args.device)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    split_size(args.size)  # a bad --size fails before the data is read
+    x = None if args.generate or args.render else data.load_dataset(args.dataset, args.data_root, args.size, device)
+    channels = ckpt["channels"] if ckpt else x.shape[1]
+    G = Generator(args.z_dim, channels, args.size, args.cppn_width, args.cppn_depth, args.coord_scale).to(device)
+    D = Critic(channels, args.size, args.width).to(device)
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
+    fixed_z = torch.randn(64, args.z_dim, device=device)  # one z for every sample grid
+    start, seconds = 0, 0.0
+    if ckpt:
+        try:
+            for m, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")):
+                m.load_state_dict(ckpt[key])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise SystemExit(f"error: {args.resume} does not fit these settings ({str(e).splitlines()[0]})") from None
+        start, seconds, fixed_z = ckpt["iter"], ckpt["seconds"], ckpt["fixed_z"].to(device)
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if device.type == "cuda" and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if args.render:  # --resume CKPT --render SIZE
+        render(G, fixed_z, args.render, args.out)
+        return
+    if args.generate:  # --resume CKPT --generate N: N single PNGs, the folder format FID tools read
+        os.makedirs(os.path.join(args.out, "generated"), exist_ok=True)
+        G.eval()
+        with torch.no_grad():
+            for i in range(0, args.generate, 256):
+                x_fake = G(torch.randn(min(256, args.generate - i), args.z_dim, device=device))
+                for j, img in enumerate(x_fake):
+                    data.save_grid(img, os.path.join(args.out, "generated", f"{i + j:06d}.png"))
+        print(f"wrote {args.generate} samples to {os.path.join(args.out, 'generated')}")
+        return
+
+    def save(done):  # atomic; holds everything a resume needs to continue exactly
+        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+        state = {"G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict()}
+        state |= {"iter": done, "seconds": seconds + time.time() - t0, "rng": rng, "fixed_z": fixed_z.cpu()}
+        data.save_checkpoint(
+            state | {"args": vars(args), "channels": channels}, os.path.join(args.out, "checkpoint.pt")
+        )
+
+    def sample(name, z, nrow=8):
+        G.eval()
+        with torch.no_grad():
+            data.save_grid(G(z), os.path.join(args.out, name), nrow)
+        G.train()
+
+    os.makedirs(args.out, exist_ok=True)
+    names = ["loss_D", "loss_G", "w_dist", "gp"]
+    log = data.MetricsLog(args.out, names, start)
+    batches = data.batches(x, args.batch_size)
+    stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
+    try:
+        for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
+            for t in range(args.n_critic):  # l.2
+                x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
+                z = torch.randn(args.batch_size, args.z_dim, device=device)  # l.4: x ~ P_r, z ~ p(z)
+                with torch.no_grad():
+                    x_fake = G(z)  # x~ <- G(z), detached: this step trains the critic only
+                d_real, d_fake = D(x_real).mean(), D(x_fake).mean()
+                gp = gradient_penalty(D, x_real, x_fake)  # l.4-6: eps ~ U[0, 1], x^ <- eps x + (1 - eps) x~
+                loss_D = d_fake - d_real + args.lam * gp  # l.7: D(x~) - D(x) + lam (||grad D(x^)||_2 - 1)^2
+                opt_D.zero_grad(set_to_none=True)
+                loss_D.backward()
+                opt_D.step()  # l.9: w <- Adam(grad_w mean L, w, alpha, beta1, beta2)
+            z = torch.randn(args.batch_size, args.z_dim, device=device)  # l.11: z ~ p(z)
+            D.requires_grad_(False)  # the generator step needs no critic weight gradients
+            loss_G = -D(G(z)).mean()  # l.12: theta <- Adam(grad_theta mean -D(G(z)), theta, alpha, beta1, beta2)
+            opt_G.zero_grad(set_to_none=True)
+            loss_G.backward()
+            opt_G.step()
+            D.requires_grad_(True)
+            stats += torch.stack([loss_D, loss_G, d_real - d_fake, gp]).detach()  # w_dist = E[D(x)] - E[D(x~)]
+            done = it + 1
+            if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
+                continue  # no host sync between reports
+            if not torch.isfinite(stats).all():
+                raise SystemExit(
+                    f"error: a loss became NaN or inf before iteration {done}; stopped, keeping the last "
+                    f"good checkpoint (if any) in {args.out}; try a lower --lr"
+                )
+            if done % args.log_every == 0 or done == args.iters:
+                row, now = (stats / (done - last)).tolist(), time.time()
+                log.append([done, *row, seconds + now - t0])
+                speed = (done - last) / (now - t_last)
+                status = " | ".join(f"{k} {v:.4f}" for k, v in zip(names, row))
+                eta = timedelta(seconds=round((args.iters - done) / speed))
+                print(f"iter {done}/{args.iters} | {status} | {speed:.2f} it/s | ETA {eta}", flush=True)
+                stats, last, t_last = stats.zero_(), done, now
+            if done % args.sample_every == 0 or done == args.iters:
+                sample(f"samples_{done:07d}.png", fixed_z)
+            if done % args.ckpt_every == 0:
+                save(done)
+    except KeyboardInterrupt:
+        save(done)
+        raise SystemExit(f"interrupted: saved iteration {done} to {os.path.join(args.out, 'checkpoint.pt')}") from None
+    save(done)
+    g = torch.Generator().manual_seed(args.seed)  # own generator: the training RNG stream is left untouched
+    z0, z1 = torch.randn(2, 8, args.z_dim, generator=g).to(device)  # 8 rows, each a pair of endpoints
+    sample("interpolation.png", data.slerp(z0, z1, torch.linspace(0, 1, 10, device=device)).flatten(0, 1), nrow=10)
+    print(f"done: {done} iterations; outputs in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

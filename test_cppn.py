@@ -1,0 +1,75 @@
+"""cppn_wgan_gp.py: the CPPN draws one image at any resolution, in chunks, with bounded memory."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import cppn_wgan_gp as cppn
+from test_smoke import TINY, make_folder, run
+
+
+@pytest.mark.parametrize("channels,size", [(1, 16), (3, 28)])
+def test_resolution_independence(channels, size):
+    torch.manual_seed(0)
+    G, z = cppn.Generator(16, channels, 28, 64), torch.randn(4, 16)
+    with torch.no_grad():
+        small, large = G(z, size), G(z, 4 * size)
+    assert small.shape == (4, channels, size, size) and large.shape == (4, channels, 4 * size, 4 * size)
+    pooled = F.avg_pool2d(large, 4)  # each pixel's 4x4 sub-pixels, averaged, land on the pixel's centre
+    assert (pooled - small).abs().mean() < 0.02 * small.std() and (pooled - small).abs().max() < 0.2 * small.std()
+    assert small.std() > 0.02  # and the image is not flat
+
+
+def test_no_layer_couples_pixels_or_samples():
+    torch.manual_seed(0)
+    G, z = cppn.Generator(16, 3, 28, 32), torch.randn(5, 16)
+    with torch.no_grad():
+        assert torch.allclose(G(z)[2:3], G(z[2:3]), atol=1e-6)  # a sample does not depend on its batch
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in G.modules())
+
+
+def test_chunked_rendering_equals_one_pass():
+    torch.manual_seed(0)
+    G, z = cppn.Generator(16, 3, 28, 32), torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.equal(G(z, 50, chunk=97), G(z, 50, chunk=50 * 50))
+
+
+MEMORY_CHECK = """
+import resource, sys, tempfile, torch
+import cppn_wgan_gp as cppn
+G, z = cppn.Generator(16, 3, 28, 32), torch.randn(1, 16)
+if sys.argv[1] == "one-pass":  # the control: all 4M pixels through the network at once
+    forward = G.forward
+    G.forward = lambda z, size=None, chunk=None: forward(z, size, chunk=size * size)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cppn.render(G, z, 2048, tempfile.mkdtemp(), n=1, steps=1)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_2048_render_runs_on_cpu_with_bounded_memory():
+    grew = int(subprocess.run([sys.executable, "-c", MEMORY_CHECK, "chunked"], capture_output=True, text=True,
+                              check=True).stdout.split()[-1])  # fmt: skip
+    assert grew < 700, f"rendering 2048x2048 grew the process by {grew} MiB"  # seen: ~380 chunked, ~1700 one-pass
+
+
+@pytest.mark.parametrize("gray", [True, False])
+def test_render_after_training(gray, tmp_path):
+    folder = make_folder(tmp_path / "img", gray=gray)
+    run("cppn_wgan_gp", "--dataset", "folder", "--data-root", folder, "--size", 12, "--iters", 2,
+        "--cppn-width", 16, "--out", tmp_path / "run", *TINY)  # fmt: skip
+    run("cppn_wgan_gp", "--resume", tmp_path / "run" / "checkpoint.pt", "--render", 50)
+    with Image.open(tmp_path / "run" / "render_50.png") as im:
+        assert im.size == (2 * 52 + 2,) * 2  # 2x2 grid of the first 4 fixed z, padding 2
+    with Image.open(tmp_path / "run" / "interpolation_50.gif") as gif:
+        assert gif.size == (50, 50) and gif.n_frames == 4 * 6 and gif.info["loop"] == 0
+
+
+def test_render_needs_a_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="--render SIZE need --resume CKPT"):
+        run("cppn_wgan_gp", "--render", 64, "--out", tmp_path)
