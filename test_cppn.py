@@ -70,6 +70,8 @@ def test_render_after_training(gray, tmp_path):
         assert gif.size == (50, 50) and gif.n_frames == 4 * 6 and gif.info["loop"] == 0
 
 
-def test_render_needs_a_checkpoint(tmp_path):
+def test_render_needs_a_checkpoint_and_a_positive_size(tmp_path):
     with pytest.raises(SystemExit, match="--render SIZE need --resume CKPT"):
         run("cppn_wgan_gp", "--render", 64, "--out", tmp_path)
+    with pytest.raises(SystemExit, match="must be a positive number"):
+        cppn.render(cppn.Generator(16, 1, 28, 8), torch.randn(4, 16), -5, str(tmp_path))
