@@ -1,7 +1,5 @@
-"""Support code shared by the scripts: datasets as one uint8 tensor, batches, image, log and checkpoint I/O.
-
-No loss logic lives here. Every user error is raised as SystemExit("error: ..."): one line, exit status 1.
-"""
+"""Support code for the scripts, no loss logic: datasets as one uint8 tensor, batches, image, log and checkpoint
+I/O. Every user error is raised as SystemExit("error: ..."): one line on stderr, exit status 1."""
 
 import csv
 import os
@@ -50,20 +48,16 @@ def _load_torchvision(name, root, size):
         ds = cls(root, download=True, **kw)
     except Exception as e:
         raise SystemExit(
-            f"error: could not download {name} into {root} ({type(e).__name__}: {str(e).strip().splitlines()[-1]}); "
+            f"error: could not download {name} into {root} ({type(e).__name__}: {' '.join(str(e).split())[-160:]}); "
             f"offline, put the images in a folder and run with --dataset folder --data-root DIR"
         ) from None
     x = torch.as_tensor(ds.data)
     x = x[:, None] if x.dim() == 3 else x  # MNIST (N, 28, 28) -> (N, 1, 28, 28)
     x = x.permute(0, 3, 1, 2) if x.shape[-1] == 3 else x  # CIFAR-10 stores (N, 32, 32, 3)
-    if x.shape[-1] != size:  # resize in chunks to keep float memory small
-        x = torch.cat([_resize(c, size) for c in x.split(4096)])
+    if x.shape[-1] != size:  # bicubic and antialiased, 4096 images at a time to keep the float copies small
+        resized = (F.interpolate(c.float(), size, mode="bicubic", antialias=True) for c in x.split(4096))
+        x = torch.cat([c.round().clamp(0, 255).to(torch.uint8) for c in resized])
     return x.contiguous()
-
-
-def _resize(x, size):
-    y = F.interpolate(x.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    return y.round().clamp(0, 255).to(torch.uint8)
 
 
 def _load_folder(root, size):
