@@ -179,7 +179,7 @@ def main(argv=None):
     batches = data.batches(x, args.batch_size)
     stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
     try:
-        for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
+        for it in range(start, args.iters):  # Alg. 1: for number of training iterations do
             for t in range(args.n_critic):  # Alg. 1: for k steps do
                 x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
                 z = torch.randn(args.batch_size, args.z_dim, device=device)  # Alg. 1: x ~ p_data, z ~ p_g(z)
