@@ -11,11 +11,13 @@ def diff(a, b):
 
 
 def block(a, b):
-    return f"<!-- diff {a} {b} -->\n```diff\n{diff(a, b)}```\n"
+    d = diff(a, b)
+    n = sum(line[:1] in "<>" for line in d.splitlines() if line)
+    return f"<!-- diff {a} {b} -->\n`diff {a} {b}`: {n} changed lines, both sides counted.\n\n```diff\n{d}```\n"
 
 
 def pattern(a, b):
-    return re.compile(rf"<!-- diff {re.escape(a)} {re.escape(b)} -->\n```diff\n.*?```\n", re.S)
+    return re.compile(rf"<!-- diff {re.escape(a)} {re.escape(b)} -->\n.*?```diff\n.*?```\n", re.S)
 
 
 def test_readme_diffs_match_the_files():
