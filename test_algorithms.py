@@ -135,10 +135,8 @@ KNOWN_LOSS_D = {  # at w0, before the critic step; 64 pixels in an 8x8 gray imag
 KNOWN_LOSS_D["cppn_wgan_gp"] = KNOWN_LOSS_D["wgan_gp"]  # same loss, other generator
 
 
-@pytest.mark.parametrize("script,extra,g_sign", [("gan", [], 1), ("gan", ["--saturating"], -1), ("wgan", [], 1),
-                                                 ("wgan_gp", [], 1), ("cppn_wgan_gp", [], 1)])  # fmt: skip
-def test_loss_signs_on_a_critic_with_known_outputs(script, extra, g_sign, tmp_path, monkeypatch):
-    module = importlib.import_module(script)
+def known_output_run(module, tmp_path, monkeypatch, *extra):
+    """One iteration, n_critic = 1, with the known-output networks: (logged loss_D, logged loss_G, checkpoint)."""
     monkeypatch.setattr(module, "Generator", ConstGenerator)
     monkeypatch.setattr(module, "Critic", MeanCritic)
     (tmp_path / "img").mkdir()
@@ -148,26 +146,78 @@ def test_loss_signs_on_a_critic_with_known_outputs(script, extra, g_sign, tmp_pa
     module.main([str(a) for a in argv])
     with open(tmp_path / "out" / "metrics.csv") as f:
         row = next(csv.DictReader(f))
-    assert float(row["loss_D"]) == pytest.approx(KNOWN_LOSS_D[script], abs=2e-5)
-    assert np.sign(float(row["loss_G"])) == g_sign  # -D(G(z)) > 0 here; -log D(G(z)) > 0; log(1 - D(G(z))) < 0
-    ckpt = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    return float(row["loss_D"]), float(row["loss_G"]), torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("script,extra,g_sign", [("gan", [], 1), ("gan", ["--saturating"], -1), ("wgan", [], 1),
+                                                 ("wgan_gp", [], 1), ("cppn_wgan_gp", [], 1)])  # fmt: skip
+def test_loss_signs_on_a_critic_with_known_outputs(script, extra, g_sign, tmp_path, monkeypatch):
+    loss_D, loss_G, ckpt = known_output_run(importlib.import_module(script), tmp_path, monkeypatch, *extra)
+    assert loss_D == pytest.approx(KNOWN_LOSS_D[script], abs=2e-5)
+    assert np.sign(loss_G) == g_sign  # -D(G(z)) > 0 here; -log D(G(z)) > 0; log(1 - D(G(z))) < 0
     assert ckpt["D"]["w"] > W0  # the critic step raised the score of the reals over the fakes
     assert ckpt["G"]["b"] > FAKE  # the generator step moved the fakes towards the reals
     if script == "wgan":  # RMSProp's first step is 10 * lr = 0.01: w = 0.015, clipped to c = 0.01
         assert float(ckpt["D"]["w"]) == pytest.approx(0.01)
 
 
-# Learning test: a bimodal data set (half bright, half dark 8x8 gray images). A correct algorithm learns both
-# modes at the data's grey levels with a sane critic; a broken update rule does not.
+def test_known_outputs_catch_a_dropped_penalty(tmp_path, monkeypatch):
+    """Without its penalty WGAN-GP is unconstrained WGAN, which on the bimodal set below still learned in 2 of 10
+    seeds (gp 0.039 and 0.067 where the correct script had <= 0.014): the learning test cannot be the one to see it.
+    The logged loss_D, which lacks lam (||grad|| - 1)^2 = 9.9 here, does."""
+    mutant = variant(wgan_gp, "loss_D = d_fake - d_real + args.lam * gp", "loss_D = d_fake - d_real")
+    loss_D, _, _ = known_output_run(mutant, tmp_path, monkeypatch)
+    assert abs(loss_D - KNOWN_LOSS_D["wgan_gp"]) > 9
+
+
+# Learning test: a bimodal data set (half bright, half dark 8x8 gray images). A correct algorithm learns the
+# data's grey levels with a sane critic; a broken update rule does not. Each threshold sits between the ranges that
+# `python tools/learning_margins.py` measured (torch 2.14.1, CPU, one thread) for the correct script and for every
+# broken variant in BROKEN, placed on seeds 0-9 and checked on seeds 10-19 (every correct run passed, every broken
+# one failed); the comments give both ranges over the 20 seeds. A new torch changes the numbers like a new seed does.
+# stats: bright = share of samples brighter than mid-grey; near = share whose mean is within 0.2 of the data's
+# levels +-0.6; w_dist, gp, D_x, D_G_z = the last logged row; max_w = the largest |critic weight|.
+LEARNING = {  # script: (iterations, {stat: (low, high)})
+    # The original GAN drops a mode in 6 of 10 seeds (at 200 and at 400 iterations): mode collapse is its known
+    # failure, not a broken update, so it is not asked for both modes. Its discriminator must not have won.
+    "gan": (200, {
+        "near": (0.1, 1.01),  # correct 0.26..1.00; labels swapped <= 0.02
+        "D_x": (0.15, 0.85),  # correct 0.45..0.68; labels swapped <= 0.01; G loss flipped >= 0.98
+        "D_G_z": (0.15, 0.85),  # correct 0.31..0.52; labels swapped >= 0.99; G loss flipped <= 0.01
+    }),
+    "wgan": (200, {
+        "bright": (0.15, 0.85),  # correct 0.43..0.70 (both modes)
+        "near": (0.15, 1.01),  # correct 0.30..0.49; loss_D or loss_G sign flipped: 0.00
+        "w_dist": (-0.03, 1.0),  # correct 0.001..0.007; loss_D sign flipped -0.15..-0.07
+        "max_w": (0, 0.01 + 1e-6),  # correct 0.01 = c; clipping skipped 0.44..1.0
+    }),
+    # WGAN-GP needs 400 iterations: at 200, seed 0 had not settled yet (gp 0.049, w_dist 3.5).
+    "wgan_gp": (400, {
+        "bright": (0.15, 0.85),  # correct 0.40..0.57 (both modes)
+        "near": (0.25, 1.01),  # correct 0.49..0.64
+        "w_dist": (-5, 5),  # correct 0.49..1.50; loss_D sign flipped -13.7..-13.4; loss_G flipped 11.0..13.7
+        "gp": (0, 0.05),  # correct 0.005..0.016; loss_D sign flipped 0.215..0.220; loss_G flipped 0.154..0.218
+    }),
+    # The CPPN learns slowly: at 200 iterations 7 of 10 seeds held one mode, at 500 4 of 10; at 800 none of 20.
+    "cppn_wgan_gp": (800, {
+        "bright": (0.15, 0.85),  # correct 0.40..0.55 (both modes)
+        "near": (0.25, 1.01),  # correct 0.47..0.96
+        "w_dist": (-5, 5),  # correct 0.13..1.10
+        "gp": (0, 0.05),  # correct 0.002..0.006
+    }),
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def bimodal(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bimodal")
+    return write_bimodal(tmp_path_factory.mktemp("bimodal"))
+
+
+def write_bimodal(root):
     rng = np.random.default_rng(0)
     for i in range(64):
         img = np.clip((204 if i % 2 else 51) + rng.normal(0, 10, (8, 8)), 0, 255).astype(np.uint8)
-        Image.fromarray(img, "L").save(root / f"{i}.png")
+        Image.fromarray(img, "L").save(os.path.join(root, f"{i}.png"))
     return str(root)
 
 
@@ -181,42 +231,45 @@ def variant(module, old, new):
     return mutant
 
 
-def learning_failures(module, root, out, *extra):
+def learning_stats(module, root, out, *extra):
+    """Train on the bimodal set for the script's LEARNING iterations; the statistics the learning test judges."""
+    iters = LEARNING[module.__name__][0]
     module.main(["--dataset", "folder", "--data-root", root, "--size", "8", "--width", "16", "--z-dim", "16",
-                 "--batch-size", "32", "--iters", "200", "--lr", "1e-3", "--device", "cpu", "--log-every", "50",
-                 "--sample-every", "1000", "--out", out, *extra])  # fmt: skip
+                 "--batch-size", "32", "--iters", str(iters), "--lr", "1e-3", "--device", "cpu", "--log-every", "50",
+                 "--sample-every", "100000", "--out", out, *extra])  # fmt: skip
     ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     G, D = module.Generator(16, 1, 8, 16), module.Critic(1, 8, 16)  # the CPPN's width is the 4th argument too
     G.load_state_dict(ckpt["G"])
     D.load_state_dict(ckpt["D"])
     with torch.no_grad():
         x = G.eval()(torch.randn(512, 16, generator=torch.Generator().manual_seed(1)))
-    bright, means = (x.mean((1, 2, 3)) > 0).float().mean().item(), x.mean((1, 2, 3)).abs()
+    means = x.mean((1, 2, 3))
     with open(os.path.join(out, "metrics.csv")) as f:
         last = list(csv.DictReader(f))[-1]
-    failures = []
-    if not 0.15 < bright < 0.85:
-        failures.append(f"one mode only: {bright:.2f} of the samples are bright")
-    if not 0.3 < means.median() < 0.9:
-        failures.append(f"samples are not near the data's levels +-0.6: median |mean| {means.median():.2f}")
-    if "w_dist" in last and not float(last["w_dist"]) > 0:
-        failures.append(f"critic scores fakes above reals: w_dist {last['w_dist']}")
-    if "gp" in last and not float(last["gp"]) < 0.2:
-        failures.append(f"critic gradient norm far from 1: gp {last['gp']}")
-    if hasattr(module, "clip_weights_") and max(p.abs().max() for p in D.parameters()) > 0.01 + 1e-6:
-        failures.append("critic weights outside [-c, c]")
-    return failures
+    stats = {
+        "bright": (means > 0).float().mean().item(),
+        "near": ((means.abs() - 0.6).abs() < 0.2).float().mean().item(),
+    }
+    stats |= {k: float(last[k]) for k in ("w_dist", "gp", "D_x", "D_G_z") if k in last}
+    if hasattr(module, "clip_weights_"):
+        stats["max_w"] = max(p.abs().max().item() for p in D.parameters())
+    return stats
+
+
+def learning_failures(script, stats):
+    return [f"{k} {stats[k]:.4f} outside ({lo}, {hi})" for k, (lo, hi) in LEARNING[script][1].items()
+            if not lo < stats[k] < hi]  # fmt: skip
 
 
 @pytest.mark.parametrize("script", ["gan", "wgan", "wgan_gp", "cppn_wgan_gp"])
 def test_learns_both_modes(script, bimodal, tmp_path):
     extra = ["--cppn-width", "16"] if script == "cppn_wgan_gp" else []
-    assert learning_failures(importlib.import_module(script), bimodal, str(tmp_path), *extra) == []
+    stats = learning_stats(importlib.import_module(script), bimodal, str(tmp_path), *extra)
+    assert learning_failures(script, stats) == [], stats
 
 
 BROKEN = [  # (script, source text, broken replacement)
     ("wgan_gp", "loss_D = d_fake - d_real + args.lam * gp", "loss_D = d_real - d_fake + args.lam * gp"),
-    ("wgan_gp", "loss_D = d_fake - d_real + args.lam * gp", "loss_D = d_fake - d_real"),  # penalty dropped
     ("wgan_gp", "loss_G = -D(G(z)).mean()", "loss_G = D(G(z)).mean()"),
     ("wgan", "loss_D = d_fake - d_real", "loss_D = d_real - d_fake"),
     ("wgan", "clip_weights_(D, args.clip)  #", "#"),  # clipping skipped
@@ -232,4 +285,5 @@ BROKEN = [  # (script, source text, broken replacement)
 
 @pytest.mark.parametrize("script,old,new", BROKEN)
 def test_learning_test_catches_a_broken_update(script, old, new, bimodal, tmp_path):
-    assert learning_failures(variant(importlib.import_module(script), old, new), bimodal, str(tmp_path)) != []
+    stats = learning_stats(variant(importlib.import_module(script), old, new), bimodal, str(tmp_path))
+    assert learning_failures(script, stats) != [], stats
