@@ -2,17 +2,47 @@
 I/O. Every user error is raised as SystemExit("error: ..."): one line on stderr, exit status 1."""
 
 import csv
+import math
 import os
+import signal
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageOps
 from torchvision import datasets
-from torchvision.transforms.functional import to_pil_image
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import save_image
 
 NATIVE_SIZE = {"mnist": 28, "cifar10": 32, "stl10": 96, "folder": 64}
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+NOT_INHERITED = {"resume", "generate", "render", "out", "device"}  # on --resume: this run's, not the checkpoint's
+NETWORK_FLAGS = ["size", "z_dim", "width", "cppn_width", "cppn_depth"]  # fixed by a checkpoint's weights
+FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of the four scripts it applies to)
+    ">= 1": (lambda v: v >= 1, "batch_size iters n_critic z_dim width cppn_width log_every sample_every ckpt_every"),
+    ">= 0": (lambda v: v >= 0, "lam cppn_depth generate render"),
+    "> 0": (lambda v: v > 0, "lr clip coord_scale"),
+    "in [0, 1)": (lambda v: 0 <= v < 1, "beta1 beta2"),
+    "in [0, 2^63)": (lambda v: 0 <= v < 2**63, "seed"),
+}
+
+
+def check_flags(args, ckpt):
+    """Every numeric flag in its range; on --resume, the network sizes and --iters against the checkpoint."""
+    for allowed, (ok, names) in FLAG_RANGES.items():
+        for name in names.split():
+            v = getattr(args, name, None)
+            if v is not None and not (math.isfinite(v) and ok(v)):
+                raise SystemExit(f"error: --{name.replace('_', '-')} {v} is out of range; allowed: {allowed}")
+    if not ckpt:
+        return
+    for name in NETWORK_FLAGS:
+        if name in ckpt["args"] and getattr(args, name) != ckpt["args"][name]:
+            flag, was = name.replace("_", "-"), ckpt["args"][name]
+            raise SystemExit(f"error: --{flag} {getattr(args, name)} does not match the checkpoint's --{flag} {was}")
+    if not (args.generate or getattr(args, "render", 0)) and args.iters <= ckpt["iter"]:
+        raise SystemExit(
+            f"error: --iters {args.iters} is not above the checkpoint's iteration {ckpt['iter']}: nothing to train"
+        )
 
 
 def pick_device(name):
@@ -24,14 +54,19 @@ def pick_device(name):
     return torch.device(name)
 
 
-def load_dataset(name, root, size, device):
-    """The whole training set as one uint8 tensor (N, C, size, size) on `device`."""
+def load_dataset(name, root, size, device, channels=None):
+    """The whole training set as one uint8 tensor (N, C, size, size) on `device`; C must be `channels` if given."""
     if name == "folder":
         x = _load_folder(root, size)
     elif name in ("mnist", "cifar10", "stl10"):
         x = _load_torchvision(name, root, size)
     else:
         raise SystemExit(f"error: unknown dataset {name!r}; choose mnist, cifar10, stl10 or folder")
+    if channels and x.shape[1] != channels:
+        raise SystemExit(
+            f"error: --dataset {name} --data-root {root} has {x.shape[1]}-channel images, the checkpoint was "
+            f"trained on {channels} channels"
+        )
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")  # on CPU: already loaded
     if x.numel() > 0.7 * free:  # leave room for the networks and their activations
         raise SystemExit(
@@ -60,8 +95,22 @@ def _load_torchvision(name, root, size):
     return x.contiguous()
 
 
+def _to_rgb(im):
+    """Any Pillow mode -> 8-bit RGB. 16- and 32-bit integer gray ("I;16", "I") are scaled by the 16-bit range
+    (v * 255 / 65535, clipped), float gray ("F") by the image's own min..max; transparent pixels (alpha,
+    palette or colour-key transparency) are composited onto white."""
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        v = pil_to_tensor(im.convert("F"))  # (1, H, W) float32, exact for 16-bit values
+        lo, hi = (v.min(), v.max()) if im.mode == "F" else (0, 65535)
+        im = to_pil_image(((v - lo) * 255 / max(hi - lo, 1e-12)).round().clamp(0, 255).to(torch.uint8))
+    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
+        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+    return im.convert("RGB")
+
+
 def _load_folder(root, size):
-    """Every image under root, recursively, centre-cropped and resized; 1 channel if all are grayscale."""
+    """Every image under root, recursively, made RGB by _to_rgb, centre-cropped and resized; 1 channel if all
+    are grayscale."""
     if not os.path.isdir(root):
         raise SystemExit(f"error: --data-root {root} is not a folder")
     exts = {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}
@@ -74,7 +123,7 @@ def _load_folder(root, size):
             with Image.open(p) as im:
                 mode, im = (
                     im.mode,
-                    ImageOps.fit(ImageOps.exif_transpose(im).convert("RGB"), (size, size), Image.BICUBIC),
+                    ImageOps.fit(_to_rgb(ImageOps.exif_transpose(im)), (size, size), Image.BICUBIC),
                 )
         except Exception:  # unreadable or corrupt: skip it, count it, report it
             bad.append(p)
@@ -127,6 +176,26 @@ def load_checkpoint(path):
         raise SystemExit(f"error: checkpoint {path} does not exist") from None
     except Exception as e:
         raise SystemExit(f"error: checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
+
+
+class Stop:
+    """with Stop() as stop: SIGINT (Ctrl-C) and SIGTERM (a scheduler's limit, `timeout`, `docker stop`) only set
+    stop.signal, so the loop can end its generator iteration and save: every checkpoint is an iteration boundary.
+    A second signal stops at once; the last checkpoint stays."""
+
+    def __enter__(self):
+        self.signal, self.old = None, {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        if self.signal:
+            raise SystemExit(f"stopped at once by a second {signal.Signals(signum).name}; the last checkpoint stays")
+        self.signal = signal.Signals(signum).name
+        print(f"{self.signal}: saving after this iteration (send it again to stop at once)", flush=True)
+
+    def __exit__(self, *exc):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
 
 
 class MetricsLog:

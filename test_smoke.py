@@ -142,7 +142,7 @@ def test_existing_run_is_not_overwritten(script, folders, tmp_path):
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(SystemExit, match="holds a run already"):
         run(script, *argv)
-    with pytest.raises(SystemExit, match="does not fit"):  # a checkpoint with other network sizes
+    with pytest.raises(SystemExit, match="--width 16 does not match"):  # a checkpoint with other network sizes
         run(script, "--resume", tmp_path / "checkpoint.pt", "--width", 16, "--iters", 4)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
 

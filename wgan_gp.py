@@ -117,12 +117,13 @@ def get_args(argv=None):
     p.add_argument("--generate", type=int, default=0, metavar="N", help="with --resume: write N PNGs and exit")
     args = p.parse_args(argv)
     ckpt = data.load_checkpoint(args.resume) if args.resume else None
-    if ckpt:  # the checkpoint's settings, except those given on this command line
-        p.set_defaults(**{k: v for k, v in ckpt["args"].items() if k not in ("resume", "generate", "out")})
+    if ckpt:  # the checkpoint's settings, except those given on this command line and where this run runs
+        p.set_defaults(**{k: v for k, v in ckpt["args"].items() if k not in data.NOT_INHERITED})
         args = p.parse_args(argv)
         args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
     args.out = args.out or f"runs/{os.path.basename(__file__)[:-3]}-{args.dataset}"
     args.size = args.size or data.NATIVE_SIZE.get(args.dataset, 64)
+    data.check_flags(args, ckpt)  # ranges; on --resume, network sizes and --iters against the checkpoint
     if args.generate and not ckpt:
         raise SystemExit("error: --generate N needs --resume CKPT")
     if not ckpt and os.path.exists(os.path.join(args.out, "checkpoint.pt")):
@@ -137,7 +138,11 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     split_size(args.size)  # a bad --size fails before the data is read
-    x = None if args.generate else data.load_dataset(args.dataset, args.data_root, args.size, device)
+    x = (
+        None
+        if args.generate
+        else data.load_dataset(args.dataset, args.data_root, args.size, device, ckpt and ckpt["channels"])
+    )
     channels = ckpt["channels"] if ckpt else x.shape[1]
     G = Generator(args.z_dim, channels, args.size, args.width).to(device)
     D = Critic(channels, args.size, args.width).to(device)
@@ -185,7 +190,7 @@ def main(argv=None):
     log = data.MetricsLog(args.out, names, start)
     batches = data.batches(x, args.batch_size)
     stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
-    try:
+    with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
             for t in range(args.n_critic):  # l.2
                 x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
@@ -208,7 +213,8 @@ def main(argv=None):
             stats += torch.stack([loss_D, loss_G, d_real - d_fake, gp]).detach()  # w_dist = E[D(x)] - E[D(x~)]
             done = it + 1
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
-                continue  # no host sync between reports
+                if not stop.signal:
+                    continue  # no host sync between reports
             if not torch.isfinite(stats).all():
                 raise SystemExit(
                     f"error: a loss became NaN or inf before iteration {done}; stopped, keeping the last "
@@ -224,11 +230,11 @@ def main(argv=None):
                 stats, last, t_last = stats.zero_(), done, now
             if done % args.sample_every == 0 or done == args.iters:
                 sample(f"samples_{done:07d}.png", fixed_z)
-            if done % args.ckpt_every == 0:
+            if done % args.ckpt_every == 0 or stop.signal:
                 save(done)
-    except KeyboardInterrupt:
-        save(done)
-        raise SystemExit(f"interrupted: saved iteration {done} to {os.path.join(args.out, 'checkpoint.pt')}") from None
+            if stop.signal:
+                path = os.path.join(args.out, "checkpoint.pt")
+                raise SystemExit(f"interrupted by {stop.signal}: saved iteration {done}; continue with --resume {path}")
     save(done)
     g = torch.Generator().manual_seed(args.seed)  # own generator: the training RNG stream is left untouched
     z0, z1 = torch.randn(2, 8, args.z_dim, generator=g).to(device)  # 8 rows, each a pair of endpoints
