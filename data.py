@@ -1,6 +1,7 @@
 """Support code for the scripts, no loss logic: datasets as one uint8 tensor, batches, image, log and checkpoint
 I/O. Every user error is raised as SystemExit("error: ..."): one line on stderr, exit status 1."""
 
+import argparse
 import csv
 import math
 import os
@@ -18,7 +19,10 @@ GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 NOT_INHERITED = {"resume", "generate", "render", "out", "device"}  # on --resume: this run's, not the checkpoint's
 NETWORK_FLAGS = ["size", "z_dim", "width", "cppn_width", "cppn_depth"]  # fixed by a checkpoint's weights
 FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of the four scripts it applies to)
-    ">= 1": (lambda v: v >= 1, "batch_size iters n_critic z_dim width cppn_width log_every sample_every ckpt_every"),
+    ">= 1": (
+        lambda v: v >= 1,
+        "size batch_size iters n_critic z_dim width cppn_width log_every sample_every ckpt_every n",
+    ),
     ">= 0": (lambda v: v >= 0, "lam cppn_depth generate render"),
     "> 0": (lambda v: v > 0, "lr clip coord_scale"),
     "in [0, 1)": (lambda v: 0 <= v < 1, "beta1 beta2"),
@@ -150,6 +154,27 @@ def save_grid(x, path, nrow=8):
     save_image(x.float().mul(0.5).add(0.5).clamp(0, 1), path, nrow=nrow, padding=2)
 
 
+def save_real_grid(x, path, n=64):
+    """An 8x8 grid of training images as trained on (cropped, resized, channels), picked by a generator of its own
+    so the training's random stream is untouched: a bad crop or a wrong channel count shows at a glance."""
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
+    save_grid(x[idx.to(x.device)].float() / 127.5 - 1, path)
+
+
+def export_images(x, out, n=None):
+    """Write training images exactly as trained on, as a flat folder of PNGs named by their index in the dataset:
+    all of them, or n picked at random (seed 0). The reference folder for an FID."""
+    idx = (
+        torch.arange(len(x))
+        if not n or n >= len(x)
+        else torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
+    )
+    os.makedirs(out, exist_ok=True)
+    for i in idx.tolist():
+        to_pil_image(x[i].cpu()).save(os.path.join(out, f"{i:06d}.png"))
+    return len(idx)
+
+
 def save_gif(frames, path, ms=80):
     """Save images in [-1, 1], each (C, H, W), as a looping animated GIF."""
     pil = [to_pil_image(f.float().mul(0.5).add(0.5).clamp(0, 1).cpu()) for f in frames]
@@ -213,21 +238,46 @@ class MetricsLog:
             csv.writer(f).writerows([self.columns, *([int(r[0]), *(f"{v:.6g}" for v in r[1:])] for r in self.rows)])
         self.plot(os.path.join(self.out, "metrics.png"))
 
-    def plot(self, path, w=480, h=160):
-        """One panel per metric against iter; the panel's min and max at its left."""
+    def plot(self, path, w=480, h=170):
+        """One panel per metric against iter: its last value on top, its min and max at the left, the first, middle
+        and last iteration below; a single row is drawn as a point."""
         img = Image.new("RGB", (w, h * (len(self.columns) - 2)), "white")
         draw, its = ImageDraw.Draw(img), [r[0] for r in self.rows]
         x0, x1 = its[0], max(its[-1], its[0] + 1)
         for k, name in enumerate(self.columns[1:-1]):
-            ys, top = [r[k + 1] for r in self.rows], k * h  # rows are finite: a NaN stops training first
-            lo, hi = min(ys), max(max(ys), min(ys) + 1e-9)
-            draw.rectangle([50, top + 5, w - 5, top + h - 5], outline="gray")
-            draw.text((55, top + 8), f"{name} {ys[-1]:.4g} at iter {its[-1]:.0f}", fill="black")
-            draw.text((2, top + 5), f"{hi:.3g}", fill="gray")
-            draw.text((2, top + h - 17), f"{lo:.3g}", fill="gray")
+            ys, top, bottom = [r[k + 1] for r in self.rows], k * h + 18, k * h + h - 18  # rows are finite
+            pad = 0 if max(ys) > min(ys) else abs(ys[0]) / 10 or 1  # a flat series sits mid-panel
+            lo, hi = min(ys) - pad, max(ys) + pad
+            draw.rectangle([50, top, w - 8, bottom], outline="gray")
+            draw.text((50, top - 14), f"{name} = {ys[-1]:.4g}   (iter {its[-1]:.0f})", fill="black")
+            draw.text((2, top), f"{hi:.3g}", fill="gray")
+            draw.text((2, bottom - 11), f"{lo:.3g}", fill="gray")
+            for i in sorted({x0, (x0 + x1) // 2, its[-1]}):  # iteration axis
+                x = 50 + (i - x0) / (x1 - x0) * (w - 60)
+                draw.line([(x, bottom), (x, bottom + 3)], fill="gray")
+                draw.text((min(x - 3, w - 8 - 6 * len(f"{i:.0f}")), bottom + 4), f"{i:.0f}", fill="gray")
             xy = [
-                (50 + (i - x0) / (x1 - x0) * (w - 55), top + h - 5 - (y - lo) / (hi - lo) * (h - 10))
+                (50 + (i - x0) / (x1 - x0) * (w - 60), bottom - (y - lo) / (hi - lo) * (bottom - top))
                 for i, y in zip(its, ys)
             ]
             draw.line(xy, fill="navy", width=2)
+            draw.ellipse([xy[-1][0] - 3, xy[-1][1] - 3, xy[-1][0] + 3, xy[-1][1] + 3], fill="navy")  # the last row
         img.save(path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Write the training images exactly as the scripts train on them.")
+    p.add_argument("--dataset", default="mnist", help="mnist | cifar10 | stl10 | folder (default: mnist)")
+    p.add_argument("--data-root", default="data", help="download folder, or the image folder (default: data)")
+    p.add_argument("--size", type=int, help="image side (default: the dataset's, 64 for a folder)")
+    p.add_argument("--export", required=True, metavar="DIR", help="folder to write the PNGs to")
+    p.add_argument("--n", type=int, help="how many, picked at random (default: all)")
+    args = p.parse_args(argv)
+    args.size = args.size or NATIVE_SIZE.get(args.dataset, 64)
+    check_flags(args, None)
+    x = load_dataset(args.dataset, args.data_root, args.size, torch.device("cpu"))
+    print(f"wrote {export_images(x, args.export, args.n)} images of {tuple(x.shape[1:])} to {args.export}")
+
+
+if __name__ == "__main__":  # python data.py --dataset cifar10 --size 32 --export DIR [--n N]
+    main()

@@ -178,6 +178,7 @@ def main(argv=None):
         G.train()
 
     os.makedirs(args.out, exist_ok=True)
+    data.save_real_grid(x, os.path.join(args.out, "real_samples.png"))  # the data as trained on
     names = ["loss_D", "loss_G", "D_x", "D_G_z"]  # mean D(x) and D(G(z)) as probabilities
     bce = nn.BCEWithLogitsLoss()  # on logits: no sigmoid layer, numerically stable
     log = data.MetricsLog(args.out, names, start)

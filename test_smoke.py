@@ -234,3 +234,43 @@ def test_slerp_endpoints_and_norm():
     z = data.slerp(z0, z1, torch.linspace(0, 1, 7))
     assert z.shape == (5, 7, 128) and torch.allclose(z[:, 0], z0, atol=1e-5) and torch.allclose(z[:, -1], z1, atol=1e-5)
     assert (z.norm(dim=2) > 0.8 * z0.norm(dim=1, keepdim=True)).all()  # no shrinking towards 0, unlike lerp
+
+
+def test_export_writes_the_images_as_trained_on(tmp_path):
+    folder = make_folder(tmp_path / "img", n=12)
+    x = data.load_dataset("folder", folder, 12, torch.device("cpu"))
+    data.main(["--dataset", "folder", "--data-root", folder, "--size", "12", "--export", str(tmp_path / "all")])
+    data.main(["--dataset", "folder", "--data-root", folder, "--size", "12", "--export", str(tmp_path / "some"),
+               "--n", "5"])  # fmt: skip
+    assert sorted(os.listdir(tmp_path / "all")) == [f"{i:06d}.png" for i in range(12)]
+    some = sorted(os.listdir(tmp_path / "some"))
+    assert len(some) == 5 and set(some) < set(os.listdir(tmp_path / "all"))
+    for name in some:
+        with Image.open(tmp_path / "some" / name) as im:
+            assert im.mode == "RGB" and torch.equal(torch.from_numpy(np.array(im)).permute(2, 0, 1), x[int(name[:6])])
+    with pytest.raises(SystemExit, match="--n 0 is out of range"):
+        data.main(["--dataset", "folder", "--data-root", folder, "--export", str(tmp_path / "x"), "--n", "0"])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_real_samples_grid_shows_the_data_as_trained_on(script, folders, tmp_path):
+    run(script, "--dataset", "folder", "--data-root", folders["gray"], "--size", 12, "--iters", 1, "--out", tmp_path,
+        *TINY)  # fmt: skip
+    x = data.load_dataset("folder", folders["gray"], 12, torch.device("cpu"))
+    with Image.open(tmp_path / "real_samples.png") as im:
+        grid = torch.from_numpy(np.array(im.convert("L")))
+    assert grid.shape == (2 * 14 + 2, 8 * 14 + 2)  # 12 images, 8 a row, padding 2
+    first = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(grid[2:14, 2:14], x[first, 0])  # pixel for pixel the uint8 training image
+
+
+def test_metrics_png_draws_a_single_row_and_an_iteration_axis(tmp_path):
+    log = data.MetricsLog(str(tmp_path), ["a", "b"], 0)
+    log.append([100, 1.0, 2.0, 0.5])
+    img = torch.from_numpy(np.array(Image.open(tmp_path / "metrics.png").convert("RGB")))
+    navy = (img == torch.tensor([0, 0, 128], dtype=torch.uint8)).all(2)
+    assert navy[:170].any() and navy[170:].any()  # the one row is drawn as a point in each panel
+    for i in range(2, 40):
+        log.append([100 * i, 1.0 / i, float(i), float(i)])
+    img = torch.from_numpy(np.array(Image.open(tmp_path / "metrics.png").convert("L")))
+    assert (img[170 - 14 : 170, :] < 200).any()  # iteration labels under the first panel

@@ -186,6 +186,7 @@ def main(argv=None):
         G.train()
 
     os.makedirs(args.out, exist_ok=True)
+    data.save_real_grid(x, os.path.join(args.out, "real_samples.png"))  # the data as trained on
     names = ["loss_D", "loss_G", "w_dist"]
     log = data.MetricsLog(args.out, names, start)
     batches = data.batches(x, args.batch_size)
