@@ -8,11 +8,15 @@ The generator maps one pixel's coordinates (x, y, r) and z to that pixel's value
 28x28 draws the same image at any resolution. The critic and the training are wgan_gp.py's.
 
 Deviations from the paper / official code:
-- Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, pooled by 4, is the one at S.
-- The output is tanh into [-1, 1], like the data (the known CPPN-GAN code's sigmoid mismatches it).
+- The critic, the training and their deviations are wgan_gp.py's (see its header).
+- z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's CPPN code draws a 32-d uniform z and multiplies it by the
+  coordinate scale.
+- Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, average-pooled by 4, comes close
+  to the one at S (equal only where the network is linear across a pixel; test_cppn.py bounds the gap).
+- The output is tanh into [-1, 1], like the data (the known CPPN-WGAN-GP code's CIFAR-10 script ends in a sigmoid,
+  into [0, 1]).
 - The CPPN keeps PyTorch's default initialisation (N(0, 0.02) would draw flat images); the critic has DCGAN's.
-- Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
-- Sample grids, interpolations and --generate run the generator in eval mode (BatchNorm running statistics).
+- The CPPN has no BatchNorm: train and eval mode draw the same samples.
 """
 
 import argparse
@@ -38,7 +42,8 @@ def split_size(size):
 
 
 def dcgan_init(m):
-    """DCGAN (Radford et al. 2015, section 4): weights ~ N(0, 0.02), BatchNorm scales ~ N(1, 0.02), biases 0."""
+    """Weights ~ N(0, 0.02) (DCGAN, Radford et al. 2015, section 4); BatchNorm scales ~ N(1, 0.02) and biases 0
+    as in pytorch/examples' dcgan and the official WGAN code."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(m.weight, 0.0, 0.02)
     if isinstance(m, nn.BatchNorm2d):

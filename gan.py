@@ -4,13 +4,15 @@
     python gan.py --resume runs/gan-stl10/checkpoint.pt --generate 50000
 
 The discriminator D (named Critic, as in the other scripts) outputs a logit; both players use the binary
-cross-entropy on it. DCGAN's networks and Adam settings, for any square size s0*2^k (s0 in 3..7).
+cross-entropy on it. DCGAN's Adam settings; pytorch/examples' DCGAN networks (at 64x64: 512 channels at 4x4,
+where the paper has 1024; z 128, not 100) for any square size s0*2^k (s0 in 3..7).
 
 Deviations from the paper / official code:
 - The generator maximises log D(G(z)) (the paper's section 3 suggestion, "non-saturating"); Algorithm 1's
   log(1 - D(G(z))) is --saturating. Batch 64 as in the other scripts (DCGAN used 128).
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
-- Sample grids, interpolations and --generate run the generator in eval mode (BatchNorm running statistics).
+- Sample grids, interpolations and --generate run G in eval mode (BatchNorm running statistics); every official
+  code samples in train mode (the batch's own statistics), so compare FIDs only with eval-mode samples.
 """
 
 import argparse
@@ -36,7 +38,8 @@ def split_size(size):
 
 
 def dcgan_init(m):
-    """DCGAN (Radford et al. 2015, section 4): weights ~ N(0, 0.02), BatchNorm scales ~ N(1, 0.02), biases 0."""
+    """Weights ~ N(0, 0.02) (DCGAN, Radford et al. 2015, section 4); BatchNorm scales ~ N(1, 0.02) and biases 0
+    as in pytorch/examples' dcgan and the official WGAN code."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(m.weight, 0.0, 0.02)
     if isinstance(m, nn.BatchNorm2d):
@@ -71,7 +74,7 @@ class Critic(nn.Module):
     def __init__(self, channels, size, width):
         super().__init__()
         s0, k = split_size(size)
-        Norm = nn.BatchNorm2d  # DCGAN's discriminator normalisation, kept by the official WGAN code
+        Norm = nn.BatchNorm2d  # DCGAN's discriminator normalisation
         c = width
         layers = [nn.Conv2d(channels, c, 4, 2, 1), nn.LeakyReLU(0.2)]  # (B, width, size/2, size/2)
         for _ in range(k - 1):

@@ -12,7 +12,8 @@ Deviations from the paper / official code:
 - The official code clips at the start of each critic step, so the generator trains against an unclipped critic;
   here clipping follows each critic update (Alg. 1 l.7). Its 100-step critic schedule is --official-schedule.
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
-- Sample grids, interpolations and --generate run the generator in eval mode (BatchNorm running statistics).
+- Sample grids, interpolations and --generate run G in eval mode (BatchNorm running statistics); every official
+  code samples in train mode (the batch's own statistics), so compare FIDs only with eval-mode samples.
 """
 
 import argparse
@@ -38,7 +39,8 @@ def split_size(size):
 
 
 def dcgan_init(m):
-    """DCGAN (Radford et al. 2015, section 4): weights ~ N(0, 0.02), BatchNorm scales ~ N(1, 0.02), biases 0."""
+    """Weights ~ N(0, 0.02) (DCGAN, Radford et al. 2015, section 4); BatchNorm scales ~ N(1, 0.02) and biases 0
+    as in pytorch/examples' dcgan and the official WGAN code."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(m.weight, 0.0, 0.02)
     if isinstance(m, nn.BatchNorm2d):
@@ -73,7 +75,7 @@ class Critic(nn.Module):
     def __init__(self, channels, size, width):
         super().__init__()
         s0, k = split_size(size)
-        Norm = nn.BatchNorm2d  # DCGAN's discriminator normalisation, kept by the official WGAN code
+        Norm = nn.BatchNorm2d  # DCGAN's discriminator normalisation
         c = width
         layers = [nn.Conv2d(channels, c, 4, 2, 1), nn.LeakyReLU(0.2)]  # (B, width, size/2, size/2)
         for _ in range(k - 1):
@@ -102,7 +104,7 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="m; Alg. 1: 64")
     p.add_argument("--iters", type=int, default=100000, help="generator iterations to reach (default: 100000)")
     p.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step; Alg. 1: 5")
-    p.add_argument("--lr", type=float, default=5e-5, help="RMSProp alpha; Alg. 1: 5e-5")
+    p.add_argument("--lr", type=float, default=5e-5, help="RMSProp step size (Alg. 1's alpha): 5e-5")
     p.add_argument("--clip", type=float, default=0.01, help="clipping bound c; Alg. 1: 0.01")
     p.add_argument("--official-schedule", action=argparse.BooleanOptionalAction, help="n_critic 100 early, each 500th")
     p.add_argument("--z-dim", type=int, default=128, help="latent size (default: 128)")
@@ -146,7 +148,7 @@ def main(argv=None):
     channels = ckpt["channels"] if ckpt else x.shape[1]
     G = Generator(args.z_dim, channels, args.size, args.width).to(device)
     D = Critic(channels, args.size, args.width).to(device)
-    opt_G = torch.optim.RMSprop(G.parameters(), lr=args.lr)
+    opt_G = torch.optim.RMSprop(G.parameters(), lr=args.lr)  # torch's: as the official code, not TF's (see README)
     opt_D = torch.optim.RMSprop(D.parameters(), lr=args.lr)
     fixed_z = torch.randn(64, args.z_dim, device=device)  # one z for every sample grid
     start, seconds = 0, 0.0

@@ -8,9 +8,11 @@ samples, instead of WGAN's weight clipping. DCGAN-style networks for any square 
 
 Deviations from the paper / official code:
 - DCGAN-style networks (the paper's CIFAR-10 and LSUN results use ResNets). The critic has no normalisation
-  (section 4 rules out BatchNorm and suggests layer norm; none, as in the official DCGAN configuration).
+  (section 4 rules out BatchNorm, suggests layer norm). Official DCGAN-size code: gan_64x64.py's critic has layer
+  norm; gan_cifar.py and gan_mnist.py have none but use Adam beta1 = 0.5 (MNIST: batch 50), not Alg. 1's 0.
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
-- Sample grids, interpolations and --generate run the generator in eval mode (BatchNorm running statistics).
+- Sample grids, interpolations and --generate run G in eval mode (BatchNorm running statistics); every official
+  code samples in train mode (the batch's own statistics), so compare FIDs only with eval-mode samples.
 """
 
 import argparse
@@ -36,7 +38,8 @@ def split_size(size):
 
 
 def dcgan_init(m):
-    """DCGAN (Radford et al. 2015, section 4): weights ~ N(0, 0.02), BatchNorm scales ~ N(1, 0.02), biases 0."""
+    """Weights ~ N(0, 0.02) (DCGAN, Radford et al. 2015, section 4); BatchNorm scales ~ N(1, 0.02) and biases 0
+    as in pytorch/examples' dcgan and the official WGAN code."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(m.weight, 0.0, 0.02)
     if isinstance(m, nn.BatchNorm2d):
