@@ -4,12 +4,12 @@
     python gan.py --resume runs/gan-stl10/checkpoint.pt --generate 50000
 
 The discriminator D (named Critic, as in the other scripts) outputs a logit; both players use the binary
-cross-entropy on it. DCGAN's Adam settings; pytorch/examples' DCGAN networks (at 64x64: 512 channels at 4x4,
-where the paper has 1024; z 128, not 100) for any square size s0*2^k (s0 in 3..7).
+cross-entropy on it. pytorch/examples' DCGAN networks, DCGAN's Adam, for any square size s0*2^k (s0 in 3..7).
 
 Deviations from the paper / official code:
 - The generator maximises log D(G(z)) (the paper's section 3 suggestion, "non-saturating"); Algorithm 1's
   log(1 - D(G(z))) is --saturating. Batch 64 as in the other scripts (DCGAN used 128).
+- pytorch/examples' networks: at 64x64, 512 channels at 4x4 where the DCGAN paper has 1024; z is 128, not 100.
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
 - Sample grids, interpolations and --generate run G in eval mode (BatchNorm running statistics); every official
   code samples in train mode (the batch's own statistics), so compare FIDs only with eval-mode samples.
@@ -86,6 +86,31 @@ class Critic(nn.Module):
 
     def forward(self, x):  # (B, channels, size, size)
         return self.net(x).view(-1)  # (B,)
+
+
+def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
+    """Alg. 1, one generator iteration: n_critic critic steps, then one generator step. Adds the logged statistics
+    to `stats` in place, on the device, and never waits for the host."""
+    bce = nn.BCEWithLogitsLoss()  # on logits: no sigmoid layer, numerically stable
+    for t in range(n_critic):  # Alg. 1: for k steps do
+        x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
+        z = torch.randn(args.batch_size, args.z_dim, device=x_real.device)  # Alg. 1: x ~ p_data, z ~ p_g(z)
+        with torch.no_grad():
+            x_fake = G(z)  # x~ <- G(z), detached: this step trains the critic only
+        d_real, d_fake = D(x_real), D(x_fake)  # logits; Alg. 1 ascends log D(x) + log(1 - D(x~)) ...
+        loss_D = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))  # ... = -loss_D
+        opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        opt_D.step()
+    z = torch.randn(args.batch_size, args.z_dim, device=x_real.device)  # Alg. 1: z ~ p_g(z)
+    D.requires_grad_(False)  # the generator step needs no critic weight gradients
+    d_gen = D(G(z))  # Alg. 1 (--saturating) descends log(1 - D(G(z))); section 3's fix: -log D(G(z))
+    loss_G = -bce(d_gen, torch.zeros_like(d_gen)) if args.saturating else bce(d_gen, torch.ones_like(d_gen))
+    opt_G.zero_grad(set_to_none=True)
+    loss_G.backward()
+    opt_G.step()
+    D.requires_grad_(True)
+    stats += torch.stack([loss_D, loss_G, d_real.sigmoid().mean(), d_fake.sigmoid().mean()]).detach()
 
 
 def get_args(argv=None):
@@ -183,31 +208,12 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     data.save_real_grid(x, os.path.join(args.out, "real_samples.png"))  # the data as trained on
     names = ["loss_D", "loss_G", "D_x", "D_G_z"]  # mean D(x) and D(G(z)) as probabilities
-    bce = nn.BCEWithLogitsLoss()  # on logits: no sigmoid layer, numerically stable
     log = data.MetricsLog(args.out, names, start)
     batches = data.batches(x, args.batch_size)
     stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1: for number of training iterations do
-            for t in range(args.n_critic):  # Alg. 1: for k steps do
-                x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
-                z = torch.randn(args.batch_size, args.z_dim, device=device)  # Alg. 1: x ~ p_data, z ~ p_g(z)
-                with torch.no_grad():
-                    x_fake = G(z)  # x~ <- G(z), detached: this step trains the critic only
-                d_real, d_fake = D(x_real), D(x_fake)  # logits; Alg. 1 ascends log D(x) + log(1 - D(x~)) ...
-                loss_D = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))  # ... = -loss_D
-                opt_D.zero_grad(set_to_none=True)
-                loss_D.backward()
-                opt_D.step()
-            z = torch.randn(args.batch_size, args.z_dim, device=device)  # Alg. 1: z ~ p_g(z)
-            D.requires_grad_(False)  # the generator step needs no critic weight gradients
-            d_gen = D(G(z))  # Alg. 1 (--saturating) descends log(1 - D(G(z))); section 3's fix: -log D(G(z))
-            loss_G = -bce(d_gen, torch.zeros_like(d_gen)) if args.saturating else bce(d_gen, torch.ones_like(d_gen))
-            opt_G.zero_grad(set_to_none=True)
-            loss_G.backward()
-            opt_G.step()
-            D.requires_grad_(True)
-            stats += torch.stack([loss_D, loss_G, d_real.sigmoid().mean(), d_fake.sigmoid().mean()]).detach()
+            train_step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
             done = it + 1
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
                 if not stop.signal:

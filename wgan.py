@@ -96,6 +96,30 @@ def clip_weights_(critic, c):
         p.clamp_(-c, c)
 
 
+def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
+    """Alg. 1, one generator iteration: n_critic critic steps, then one generator step. Adds the logged statistics
+    to `stats` in place, on the device, and never waits for the host."""
+    for t in range(n_critic):  # l.2
+        x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
+        z = torch.randn(args.batch_size, args.z_dim, device=x_real.device)  # l.3-4: x ~ P_r, z ~ p(z)
+        with torch.no_grad():
+            x_fake = G(z)  # x~ <- G(z), detached: this step trains the critic only
+        d_real, d_fake = D(x_real).mean(), D(x_fake).mean()
+        loss_D = d_fake - d_real  # l.5: g_w = grad_w [mean D(x) - mean D(x~)], ascended: descend its negative
+        opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        opt_D.step()  # l.6: w <- w + alpha RMSProp(w, g_w)
+        clip_weights_(D, args.clip)  # l.7: w <- clip(w, -c, c)
+    z = torch.randn(args.batch_size, args.z_dim, device=x_real.device)  # l.9: z ~ p(z)
+    D.requires_grad_(False)  # the generator step needs no critic weight gradients
+    loss_G = -D(G(z)).mean()  # l.10-11: theta <- theta - alpha RMSProp(theta, -grad_theta mean D(G(z)))
+    opt_G.zero_grad(set_to_none=True)
+    loss_G.backward()
+    opt_G.step()
+    D.requires_grad_(True)
+    stats += torch.stack([loss_D, loss_G, d_real - d_fake]).detach()  # w_dist = E[D(x)] - E[D(x~)]
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist", help="mnist | cifar10 | stl10 | folder (default: mnist)")
@@ -195,25 +219,8 @@ def main(argv=None):
     stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
-            for t in range(100 if args.official_schedule and (it < 25 or it % 500 == 0) else args.n_critic):  # l.2
-                x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
-                z = torch.randn(args.batch_size, args.z_dim, device=device)  # l.3-4: x ~ P_r, z ~ p(z)
-                with torch.no_grad():
-                    x_fake = G(z)  # x~ <- G(z), detached: this step trains the critic only
-                d_real, d_fake = D(x_real).mean(), D(x_fake).mean()
-                loss_D = d_fake - d_real  # l.5: g_w = grad_w [mean D(x) - mean D(x~)], ascended: descend its negative
-                opt_D.zero_grad(set_to_none=True)
-                loss_D.backward()
-                opt_D.step()  # l.6: w <- w + alpha RMSProp(w, g_w)
-                clip_weights_(D, args.clip)  # l.7: w <- clip(w, -c, c)
-            z = torch.randn(args.batch_size, args.z_dim, device=device)  # l.9: z ~ p(z)
-            D.requires_grad_(False)  # the generator step needs no critic weight gradients
-            loss_G = -D(G(z)).mean()  # l.10-11: theta <- theta - alpha RMSProp(theta, -grad_theta mean D(G(z)))
-            opt_G.zero_grad(set_to_none=True)
-            loss_G.backward()
-            opt_G.step()
-            D.requires_grad_(True)
-            stats += torch.stack([loss_D, loss_G, d_real - d_fake]).detach()  # w_dist = E[D(x)] - E[D(x~)]
+            n_critic = 100 if args.official_schedule and (it < 25 or it % 500 == 0) else args.n_critic
+            train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic)
             done = it + 1
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
                 if not stop.signal:

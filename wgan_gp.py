@@ -96,6 +96,30 @@ def gradient_penalty(critic, x_real, x_fake):
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()  # l.7: norm per sample over C x H x W
 
 
+def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
+    """Alg. 1, one generator iteration: n_critic critic steps, then one generator step. Adds the logged statistics
+    to `stats` in place, on the device, and never waits for the host."""
+    for t in range(n_critic):  # l.2
+        x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
+        z = torch.randn(args.batch_size, args.z_dim, device=x_real.device)  # l.4: x ~ P_r, z ~ p(z)
+        with torch.no_grad():
+            x_fake = G(z)  # x~ <- G(z), detached: this step trains the critic only
+        d_real, d_fake = D(x_real).mean(), D(x_fake).mean()
+        gp = gradient_penalty(D, x_real, x_fake)  # l.4-6: eps ~ U[0, 1], x^ <- eps x + (1 - eps) x~
+        loss_D = d_fake - d_real + args.lam * gp  # l.7: D(x~) - D(x) + lam (||grad D(x^)||_2 - 1)^2
+        opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        opt_D.step()  # l.9: w <- Adam(grad_w mean L, w, alpha, beta1, beta2)
+    z = torch.randn(args.batch_size, args.z_dim, device=x_real.device)  # l.11: z ~ p(z)
+    D.requires_grad_(False)  # the generator step needs no critic weight gradients
+    loss_G = -D(G(z)).mean()  # l.12: theta <- Adam(grad_theta mean -D(G(z)), theta, alpha, beta1, beta2)
+    opt_G.zero_grad(set_to_none=True)
+    loss_G.backward()
+    opt_G.step()
+    D.requires_grad_(True)
+    stats += torch.stack([loss_D, loss_G, d_real - d_fake, gp]).detach()  # w_dist = E[D(x)] - E[D(x~)]
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist", help="mnist | cifar10 | stl10 | folder (default: mnist)")
@@ -196,25 +220,7 @@ def main(argv=None):
     stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
-            for t in range(args.n_critic):  # l.2
-                x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
-                z = torch.randn(args.batch_size, args.z_dim, device=device)  # l.4: x ~ P_r, z ~ p(z)
-                with torch.no_grad():
-                    x_fake = G(z)  # x~ <- G(z), detached: this step trains the critic only
-                d_real, d_fake = D(x_real).mean(), D(x_fake).mean()
-                gp = gradient_penalty(D, x_real, x_fake)  # l.4-6: eps ~ U[0, 1], x^ <- eps x + (1 - eps) x~
-                loss_D = d_fake - d_real + args.lam * gp  # l.7: D(x~) - D(x) + lam (||grad D(x^)||_2 - 1)^2
-                opt_D.zero_grad(set_to_none=True)
-                loss_D.backward()
-                opt_D.step()  # l.9: w <- Adam(grad_w mean L, w, alpha, beta1, beta2)
-            z = torch.randn(args.batch_size, args.z_dim, device=device)  # l.11: z ~ p(z)
-            D.requires_grad_(False)  # the generator step needs no critic weight gradients
-            loss_G = -D(G(z)).mean()  # l.12: theta <- Adam(grad_theta mean -D(G(z)), theta, alpha, beta1, beta2)
-            opt_G.zero_grad(set_to_none=True)
-            loss_G.backward()
-            opt_G.step()
-            D.requires_grad_(True)
-            stats += torch.stack([loss_D, loss_G, d_real - d_fake, gp]).detach()  # w_dist = E[D(x)] - E[D(x~)]
+            train_step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
             done = it + 1
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
                 if not stop.signal:
