@@ -159,6 +159,7 @@ def get_args(argv=None):
     p.add_argument("--cppn-depth", type=int, default=3, help="CPPN tanh layers after the first (CPPN-GAN: 3)")
     p.add_argument("--coord-scale", type=float, default=8.0, help="x, y in [-s, s] (CPPN-GAN code: 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATASET, or the checkpoint's)")
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")
@@ -198,8 +199,9 @@ def main(argv=None):
     channels = ckpt["channels"] if ckpt else x.shape[1]
     G = Generator(args.z_dim, channels, args.size, args.cppn_width, args.cppn_depth, args.coord_scale).to(device)
     D = Critic(channels, args.size, args.width).to(device)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
+    cuda = device.type == "cuda"  # capturable optimizers: the eager and the --cuda-graph path compute the same
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), capturable=cuda)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), capturable=cuda)
     fixed_z = torch.randn(64, args.z_dim, device=device)  # one z for every sample grid
     start, seconds = 0, 0.0
     if ckpt:
@@ -245,10 +247,11 @@ def main(argv=None):
     names = ["loss_D", "loss_G", "w_dist", "gp"]
     log = data.MetricsLog(args.out, names, start)
     batches = data.batches(x, args.batch_size)
+    step = data.CudaGraphed(train_step, args.cuda_graph and cuda)  # train_step, or its CUDA graph replayed
     stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
-            train_step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
+            step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
             done = it + 1
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
                 if not stop.signal:

@@ -16,7 +16,14 @@ from torchvision.utils import save_image
 
 NATIVE_SIZE = {"mnist": 28, "cifar10": 32, "stl10": 96, "folder": 64}
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-NOT_INHERITED = {"resume", "generate", "render", "out", "device"}  # on --resume: this run's, not the checkpoint's
+NOT_INHERITED = {
+    "resume",
+    "generate",
+    "render",
+    "out",
+    "device",
+    "cuda_graph",
+}  # on --resume: this run's, not the checkpoint's
 NETWORK_FLAGS = ["size", "z_dim", "width", "cppn_width", "cppn_depth"]  # fixed by a checkpoint's weights
 FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of the four scripts it applies to)
     ">= 1": (
@@ -201,6 +208,37 @@ def load_checkpoint(path):
         raise SystemExit(f"error: checkpoint {path} does not exist") from None
     except Exception as e:
         raise SystemExit(f"error: checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
+
+
+class CudaGraphed:
+    """step(*a) run as a CUDA graph (with enabled; otherwise just step(*a)). Per value of the last argument
+    (n_critic), the first `warmup` calls run eagerly on a side stream (cuDNN autotuning and the allocator settle
+    there), the next is captured and then replayed at once (capturing runs nothing: that iteration still has to
+    happen), and every later call is one replay. A graph reads and writes fixed memory: parameters, optimizer state
+    (capturable=True), the dataset and the statistics tensor must be loaded before the first call and only changed
+    in place after it. UNTESTED on a GPU so far (no GPU was lent to the session that wrote it): off by default."""
+
+    def __init__(self, step, enabled, warmup=3):
+        self.step, self.enabled, self.warmup, self.graphs = step, enabled, warmup, {}
+        self.calls, self.stream = {}, torch.cuda.Stream() if enabled else None
+
+    def __call__(self, *a):
+        if not self.enabled:
+            return self.step(*a)
+        key = a[-1]
+        if key not in self.graphs:
+            self.stream.wait_stream(torch.cuda.current_stream())
+            if self.calls.get(key, 0) < self.warmup:
+                with torch.cuda.stream(self.stream):
+                    self.step(*a)
+                self.calls[key] = self.calls.get(key, 0) + 1
+            else:
+                self.graphs[key] = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graphs[key], stream=self.stream):
+                    self.step(*a)
+            torch.cuda.current_stream().wait_stream(self.stream)
+        if key in self.graphs:
+            self.graphs[key].replay()
 
 
 class Stop:

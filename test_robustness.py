@@ -80,14 +80,15 @@ def train(script, folder, out, *extra):
 def test_a_cuda_checkpoint_generates_and_resumes_on_a_cpu(script, tmp_path):
     ckpt_path = train(script, make_folder(tmp_path / "img"), tmp_path / "run", "--device", "cpu")
     ckpt = torch.load(ckpt_path, weights_only=True)
-    ckpt["args"]["device"] = "cuda"  # as written by a run with --device cuda
+    ckpt["args"]["device"], ckpt["args"]["cuda_graph"] = "cuda", True  # as a run with --device cuda --cuda-graph wrote
     torch.save(ckpt, ckpt_path)
     run(script, "--resume", ckpt_path, "--generate", 2)  # no --device: this machine's, not the checkpoint's
     assert len(os.listdir(tmp_path / "run" / "generated")) == 2
     if script == "cppn_wgan_gp":
         run(script, "--resume", ckpt_path, "--render", 16)
     run(script, "--resume", ckpt_path, "--iters", 4)
-    assert torch.load(ckpt_path, weights_only=True)["args"]["device"] == "auto"
+    args = torch.load(ckpt_path, weights_only=True)["args"]
+    assert args["device"] == "auto" and not args["cuda_graph"]  # this run's, not the checkpoint's
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
