@@ -1,5 +1,6 @@
 """Support code for the scripts, no loss logic: datasets as one uint8 tensor, batches, image, log and checkpoint
-I/O. Every user error is raised as SystemExit("error: ..."): one line on stderr, exit status 1."""
+I/O, flag checks, the stop on a signal and the CUDA-graph wrapper. `python data.py --export DIR` writes the training
+images as trained on. Every user error is raised as SystemExit("error: ..."): one line on stderr, exit status 1."""
 
 import argparse
 import csv
@@ -16,14 +17,8 @@ from torchvision.utils import save_image
 
 NATIVE_SIZE = {"mnist": 28, "cifar10": 32, "stl10": 96, "folder": 64}
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-NOT_INHERITED = {
-    "resume",
-    "generate",
-    "render",
-    "out",
-    "device",
-    "cuda_graph",
-}  # on --resume: this run's, not the checkpoint's
+# On --resume these are this run's, never the checkpoint's: they say where and how it runs, not what it trains.
+NOT_INHERITED = {"resume", "generate", "render", "out", "device", "cuda_graph"}
 NETWORK_FLAGS = ["size", "z_dim", "width", "cppn_width", "cppn_depth"]  # fixed by a checkpoint's weights
 FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of the four scripts it applies to)
     ">= 1": (
@@ -161,21 +156,21 @@ def save_grid(x, path, nrow=8):
     save_image(x.float().mul(0.5).add(0.5).clamp(0, 1), path, nrow=nrow, padding=2)
 
 
+def random_picks(x, n):
+    """n distinct indices into x, from a generator of their own (seed 0): the training's random stream is untouched."""
+    return torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
+
+
 def save_real_grid(x, path, n=64):
-    """An 8x8 grid of training images as trained on (cropped, resized, channels), picked by a generator of its own
-    so the training's random stream is untouched: a bad crop or a wrong channel count shows at a glance."""
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
-    save_grid(x[idx.to(x.device)].float() / 127.5 - 1, path)
+    """An 8x8 grid of training images as trained on (cropped, resized, channels), from random_picks: a bad crop or
+    a wrong channel count shows at a glance."""
+    save_grid(x[random_picks(x, n).to(x.device)].float() / 127.5 - 1, path)
 
 
 def export_images(x, out, n=None):
     """Write training images exactly as trained on, as a flat folder of PNGs named by their index in the dataset:
     all of them, or n picked at random (seed 0). The reference folder for an FID."""
-    idx = (
-        torch.arange(len(x))
-        if not n or n >= len(x)
-        else torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
-    )
+    idx = torch.arange(len(x)) if not n or n >= len(x) else random_picks(x, n)
     os.makedirs(out, exist_ok=True)
     for i in idx.tolist():
         to_pil_image(x[i].cpu()).save(os.path.join(out, f"{i:06d}.png"))

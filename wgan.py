@@ -165,11 +165,8 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     split_size(args.size)  # a bad --size fails before the data is read
-    x = (
-        None
-        if args.generate
-        else data.load_dataset(args.dataset, args.data_root, args.size, device, ckpt and ckpt["channels"])
-    )
+    want = ckpt["channels"] if ckpt else None  # a resumed run's data must have the checkpoint's channels
+    x = None if args.generate else data.load_dataset(args.dataset, args.data_root, args.size, device, want)
     channels = ckpt["channels"] if ckpt else x.shape[1]
     G = Generator(args.z_dim, channels, args.size, args.width).to(device)
     D = Critic(channels, args.size, args.width).to(device)
