@@ -262,7 +262,7 @@ def learning_failures(script, stats):
 
 
 @pytest.mark.parametrize("script", ["gan", "wgan", "wgan_gp", "cppn_wgan_gp"])
-def test_learns_both_modes(script, bimodal, tmp_path):
+def test_learns_the_data(script, bimodal, tmp_path):
     extra = ["--cppn-width", "16"] if script == "cppn_wgan_gp" else []
     stats = learning_stats(importlib.import_module(script), bimodal, str(tmp_path), *extra)
     assert learning_failures(script, stats) == [], stats

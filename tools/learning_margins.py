@@ -64,7 +64,8 @@ def main():
         for script, k, seed, stats, fails in pool.imap_unordered(job, jobs):
             results.setdefault((script, k), []).append((seed, stats, fails))
             print(script, k, seed, {n: round(v, 3) for n, v in stats.items()}, len(fails), flush=True)
-    print(f"\nsummary, {args.iters} iterations {args.extra}, {args.seeds} seeds (variant -1 = the correct script)")
+    iters = f"{args.iters} iterations" if args.iters else "the test's iterations"
+    print(f"\nsummary, {iters} {args.extra}, {args.seeds} seeds (variant -1 = the correct script)")
     for (script, k), rows in sorted(results.items()):
         name = "correct" if k < 0 else [b for b in T.BROKEN if b[0] == script][k][2][:50]
         ranges = "  ".join(
