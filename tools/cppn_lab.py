@@ -1,0 +1,236 @@
+"""Why does cppn_wgan_gp.py learn slower than wgan_gp.py? Generator variants, probes and scored training runs.
+
+    python tools/cppn_lab.py probe DIGITS [VARIANT ...]        # init statistics and a fixed-z fitting race
+    python tools/cppn_lab.py gan DIGITS VARIANT [--iters 1500] # train through main(), score every --every
+
+DIGITS is a folder from `python tools/digits.py make`. A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's
+generator, for comparison; with `gan`, "wgan_gp" runs wgan_gp.py itself). Runs use one thread; give each its own
+process to run several side by side.
+"""
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
+
+import cppn_wgan_gp  # noqa: E402
+import digits  # noqa: E402
+import wgan_gp  # noqa: E402
+
+
+class CPPN(nn.Module):
+    """cppn_wgan_gp.Generator's per-pixel network, with the choices under study as options.
+    cond: how z enters: "first" (added before the first tanh only), "every" (a projection of z added before
+    every tanh), "film" (every hidden pre-activation scaled by 1 + g(z) and shifted by b(z)).
+    init: "torch" (PyTorch's default, U(+-1/sqrt(fan_in))), "tanh" (N(0, 1/fan_in) on every layer, and the
+    first layer's z and coordinate parts each scaled to variance 1/2)."""
+
+    def __init__(self, z_dim, channels, size, width, depth=3, scale=8.0, cond="first", init="torch", fourier=0,
+                 sigma=3.0, film0=False):  # fmt: skip
+        super().__init__()
+        self.fourier = fourier
+        if fourier:  # [sin, cos](B (x, y)), B ~ N(0, sigma^2) per unit of the (-1, 1) grid, fixed
+            self.register_buffer("B", torch.randn(2, fourier) * sigma)
+            scale = 1.0
+        self.film0 = nn.Linear(z_dim, width) if film0 else None
+        self.channels, self.size, self.width, self.scale, self.cond = channels, size, width, scale, cond
+        self.fc_z = nn.Linear(z_dim, width)
+        self.fc_xyr = nn.Linear(2 * fourier if fourier else 3, width, bias=False)
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        k = {"first": 0, "every": 1, "film": 2}[cond]
+        self.zmod = nn.ModuleList(nn.Linear(z_dim, k * width) for _ in range(depth if k else 0))
+        self.out = nn.Linear(width, channels)
+        if init == "tanh":
+            for m in [self.fc_z, *self.hidden, self.out, *self.zmod]:
+                nn.init.normal_(m.weight, 0, m.in_features**-0.5)
+                nn.init.zeros_(m.bias)
+            nn.init.normal_(self.fc_z.weight, 0, (2 * z_dim) ** -0.5)  # Var(W_z z) = 1/2 for z ~ N(0, I)
+            r2 = 2 * scale**2 / 3  # E[x^2 + y^2] on the grid; Var(W_xyr xyr) = 1/2
+            nn.init.normal_(self.fc_xyr.weight, 0, (2 * (r2 + r2)) ** -0.5 if not fourier else fourier**-0.5)
+            if film0:
+                nn.init.normal_(self.film0.weight, 0, 0.1 * z_dim**-0.5)
+                nn.init.zeros_(self.film0.bias)
+            for m in self.zmod:  # film: gamma starts at 1 + small; every: like a second z input
+                if cond == "film":
+                    nn.init.normal_(m.weight, 0, 0.1 * m.in_features**-0.5)
+
+    def forward(self, z, size=None, chunk=None):
+        size = size or self.size
+        c = (torch.arange(size, device=z.device) * 2 + 1) / size - 1
+        y, x = torch.meshgrid(c * self.scale, c * self.scale, indexing="ij")
+        xyr = torch.stack([x, y, (x**2 + y**2).sqrt()], -1).view(-1, 3)
+        if self.fourier:
+            xyr = xyr[:, :2] @ self.B
+            xyr = torch.cat([xyr.sin(), xyr.cos()], -1)
+        h_z = self.fc_z(z)[:, None]
+        g0 = 1 + self.film0(z)[:, None] if self.film0 is not None else 1
+        mods = [m(z)[:, None] for m in self.zmod]
+        chunk = chunk or max(1, 2**24 // (z.size(0) * self.width))
+        out = []
+        for p in xyr.split(chunk):
+            h = torch.tanh(h_z + g0 * self.fc_xyr(p))
+            for i, lin in enumerate(self.hidden):
+                a = lin(h)
+                if self.cond == "every":
+                    a = a + mods[i]
+                elif self.cond == "film":
+                    g, b = mods[i].chunk(2, -1)
+                    a = a * (1 + g) + b
+                h = torch.tanh(a)
+            out.append(torch.tanh(self.out(h)))
+        return torch.cat(out, 1).transpose(1, 2).reshape(z.size(0), self.channels, size, size)
+
+
+VARIANTS = {  # name -> CPPN options (scale is --coord-scale's, 8 unless set here)
+    "base": {},
+    "tanh-init": {"init": "tanh"},
+    "z-every": {"cond": "every"},
+    "film": {"cond": "film"},
+    "z-every+tanh-init": {"cond": "every", "init": "tanh"},
+    "film+tanh-init": {"cond": "film", "init": "tanh"},
+    "film0+tanh-init": {"cond": "film", "init": "tanh", "film0": True},
+    "fourier64+film+tanh-init": {"cond": "film", "init": "tanh", "fourier": 64},
+    "fourier64s1+film+tanh-init": {"cond": "film", "init": "tanh", "fourier": 64, "sigma": 1.0},
+    "fourier64+tanh-init": {"init": "tanh", "fourier": 64},
+    "fourier64s2+film+tanh-init": {"cond": "film", "init": "tanh", "fourier": 64, "sigma": 2.0},
+    "fourier128+film+tanh-init": {"cond": "film", "init": "tanh", "fourier": 128},
+    "fourier64s5+film+tanh-init": {"cond": "film", "init": "tanh", "fourier": 64, "sigma": 5.0},
+    "fourier64+film0+film+tanh-init": {"cond": "film", "init": "tanh", "fourier": 64, "film0": True},
+}
+
+
+def make_generator(name, z_dim, channels, size, width, depth=3, scale=8.0):
+    if name == "dcgan":
+        return wgan_gp.Generator(z_dim, channels, size, 64)
+    return CPPN(z_dim, channels, size, width, depth, scale, **VARIANTS[name])
+
+
+def load_digits(root, size, n=None, split="held_out"):
+    """Digits as the scripts see them at `size` (Pillow bicubic, as the folder loader), in [-1, 1]."""
+    x, _ = digits.load(os.path.join(root, split), n)
+    if size != 32:
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True).clamp(-1, 1)
+    return x
+
+
+@torch.no_grad()
+def init_stats(G, z_dim, size, n=64):
+    """Per tanh layer: std of its input and the share of units with |tanh| > 0.9; then how much the output
+    varies over the pixels of one image versus over z at one pixel."""
+    torch.manual_seed(0)
+    z, rows, acts = torch.randn(n, z_dim), [], []
+    hooks = [m.register_forward_hook(lambda m, i, o: acts.append(i[0])) for m in G.modules() if isinstance(m, nn.Tanh)]
+    if isinstance(G, CPPN):  # functional tanh: record inputs by wrapping torch.tanh
+        real = torch.tanh
+        torch.tanh = lambda a: (acts.append(a), real(a))[1]
+    try:
+        x = G(z, size) if isinstance(G, CPPN) else G(z)
+    finally:
+        if isinstance(G, CPPN):
+            torch.tanh = real
+        for h in hooks:
+            h.remove()
+    for a in acts:
+        rows.append(f"{a.std():.2f}/{(a.tanh().abs() > 0.9).float().mean():.2f}")
+    return " ".join(rows), x.std((2, 3)).mean().item(), x.std(0).mean().item()
+
+
+LR = 1e-4
+
+
+def fit_race(G, z_dim, target, steps, bs=64):
+    """Regress a fixed z_i onto target image i with the training's Adam (alpha 1e-4, betas (0, 0.9)): how fast
+    can the generator make its output depend on z? Returns the MSE after each quarter of the steps."""
+    torch.manual_seed(1)
+    z = torch.randn(len(target), z_dim)
+    opt = torch.optim.Adam(G.parameters(), lr=LR, betas=(0.0, 0.9))
+    out = []
+    for t in range(1, steps + 1):
+        i = torch.randint(len(target), (bs,))
+        loss = F.mse_loss(G(z[i]), target[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if t % (steps // 4) == 0:
+            with torch.no_grad():
+                out.append(F.mse_loss(torch.cat([G(c) for c in z.split(256)]), target).item())
+    return out
+
+
+def probe(root, names, size=16, width=128, steps=400, n=256):
+    target = load_digits(root, size, n)
+    print(f"fixed-z race: {n} held-out digits at {size}x{size}, {steps} Adam steps; MSE of the mean image "
+          f"{F.mse_loss(target.mean(0, keepdim=True).expand_as(target), target):.4f}")  # fmt: skip
+    for name in names:
+        torch.manual_seed(0)
+        G = make_generator(name, 128, 1, size, width)
+        layers, px, zz = init_stats(G, 128, size)
+        race = fit_race(G, 128, target, steps)
+        print(f"{name:20s} tanh in std/sat: {layers} | std over pixels {px:.3f}, over z {zz:.3f} | "
+              f"fit MSE {' '.join(f'{v:.4f}' for v in race)}", flush=True)  # fmt: skip
+
+
+def gan(root, name, iters, every, size, extra, seed=0):
+    """Train through the script's own main() (the variant patched in), score with digits.py after every `every`."""
+    torch.set_num_threads(1)
+    module = wgan_gp if name == "wgan_gp" else cppn_wgan_gp
+    if name not in ("wgan_gp", "base-script"):
+        module.Generator = lambda z_dim, ch, s, w, depth=3, scale=8.0: make_generator(name, z_dim, ch, s, w, depth, scale)
+    net = digits.classifier(root)
+    ref = digits.stats(net, F.interpolate(load_digits(root, size, 1000), size=32, mode="bicubic").clamp(-1, 1))
+    out = tempfile.mkdtemp()
+    base = ["--dataset", "folder", "--data-root", os.path.join(root, "train"), "--size", str(size), "--seed", str(seed)]
+    for done in range(every, iters + 1, every):
+        argv = base + extra + ["--out", out] if done == every else ["--resume", os.path.join(out, "checkpoint.pt")]
+        with contextlib.redirect_stdout(io.StringIO()) as log:
+            module.main(argv + ["--iters", str(done), "--log-every", str(every), "--sample-every", str(iters)])
+        line = [s for s in log.getvalue().splitlines() if s.startswith("iter")][-1]
+        ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+        a = ckpt["args"]
+        G = module.Generator(a["z_dim"], 1, size, a["cppn_width"] if name != "wgan_gp" else a["width"],
+                             *((a["cppn_depth"], a["coord_scale"]) if name != "wgan_gp" else ()))  # fmt: skip
+        G.load_state_dict(ckpt["G"])
+        G.eval()
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(123)
+            x = G(torch.randn(1000, a["z_dim"], generator=g))
+            x = (x * 127.5 + 127.5).round().clamp(0, 255) / 127.5 - 1  # as the PNGs --generate writes
+            fid = digits.frechet(digits.stats(net, F.interpolate(x, size=32, mode="bicubic").clamp(-1, 1)), ref)
+        w = line.split("w_dist ")[1].split()[0]
+        print(f"{name} {' '.join(extra)} | iter {done} | score {fid:.1f} | w_dist {w} | {out}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cmd", choices=["probe", "gan"])
+    p.add_argument("root")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--iters", type=int, default=1500)
+    p.add_argument("--every", type=int, default=500)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-4, help="probe: the race's Adam alpha")
+    p.add_argument("--extra", default="--width 32", help="more script flags (default: --width 32)")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    global LR
+    LR = a.lr
+    if a.cmd == "probe":
+        probe(a.root, a.names or ["dcgan", *VARIANTS], a.size, steps=a.steps)
+    else:
+        for name in a.names:
+            gan(a.root, name, a.iters, a.every, a.size, a.extra.split(), a.seed)
+
+
+if __name__ == "__main__":
+    main()
