@@ -4,18 +4,28 @@ et al., "Improved Training of Wasserstein GANs", 2017, arXiv:1704.00028, Algorit
     python cppn_wgan_gp.py --dataset mnist
     python cppn_wgan_gp.py --resume runs/cppn_wgan_gp-mnist/checkpoint.pt --render 1024
 
-The generator maps one pixel's coordinates (x, y, r) and z to that pixel's value, so a generator trained at
+The generator maps one pixel's coordinates (x, y) and z to that pixel's value, so a generator trained at
 28x28 draws the same image at any resolution. The critic and the training are wgan_gp.py's.
 
 Deviations from the paper / official code:
 - The critic, the training and their deviations are wgan_gp.py's (see its header).
+- The CPPN is not Ha's: his feeds raw (x, y, r) and z into the first of four tanh layers only, with default
+  initialisation. That generator learned far slower than wgan_gp.py's (on held-out handwritten digits, FID 127
+  at 8,000 iterations against 16 at 4,000). tools/cppn_lab.py shows why: at the start its first layer is saturated
+  by the coordinates, its output barely depends on z, and with the training's Adam it fits a set of images hardly
+  better than their mean. Here, each pixel still a function of its own coordinates and z alone:
+  - the coordinates enter as Fourier features [sin, cos](F (x, y)), F ~ N(0, 1) fixed (Tancik et al. 2020,
+    arXiv:2006.10739), x, y in [-s, s] with s = 2 (--coord-scale; Ha's code: 8, raw, with r);
+  - z also scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871; the
+    per-pixel CIPS generator, Anokhin et al. 2020, arXiv:2011.13775, modulates every layer by z too);
+  - weights N(0, 1/fan_in), z's and the pixel's shares of the first layer's input balanced (1/2 : 1).
 - z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's CPPN code draws a 32-d uniform z and multiplies it by the
   coordinate scale.
 - Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, average-pooled by 4, comes close
   to the one at S (equal only where the network is linear across a pixel; test_cppn.py bounds the gap).
 - The output is tanh into [-1, 1], like the data (the known CPPN-WGAN-GP code's CIFAR-10 script ends in a sigmoid,
   into [0, 1]).
-- The CPPN keeps PyTorch's default initialisation (N(0, 0.02) would draw flat images); the critic has DCGAN's.
+- The critic has DCGAN's N(0, 0.02) initialisation.
 - The CPPN has no BatchNorm: train and eval mode draw the same samples.
 """
 
@@ -53,27 +63,46 @@ def dcgan_init(m):
 
 
 class Generator(nn.Module):
-    """CPPN: for every pixel, tanh(W_z z + W_x x + W_y y + W_r r) -> depth tanh layers -> tanh, in [-1, 1]."""
+    """CPPN: every pixel alone from its coordinates and z. Fourier features of (x, y) -> tanh(W_xy . + W_z z) ->
+    depth tanh layers, each pre-activation scaled and shifted by z (FiLM) -> tanh, in [-1, 1]."""
 
-    def __init__(self, z_dim, channels, size, width, depth=3, scale=8.0):
+    def __init__(self, z_dim, channels, size, width, depth=3, scale=2.0, features=64):
         super().__init__()
         self.channels, self.size, self.width, self.scale = channels, size, width, scale
+        self.register_buffer("freq", torch.randn(2, features))  # fixed frequencies ~ N(0, 1) per unit of x and y
+        self.fc_xy = nn.Linear(2 * features, width, bias=False)  # W_xy [sin, cos](freq (x, y)), once per pixel
         self.fc_z = nn.Linear(z_dim, width)  # W_z z + b, once per sample
-        self.fc_xyr = nn.Linear(3, width, bias=False)  # W_x x + W_y y + W_r r, once per pixel
-        layers = [nn.Tanh()]
-        for _ in range(depth):
-            layers += [nn.Linear(width, width), nn.Tanh()]
-        self.net = nn.Sequential(*layers, nn.Linear(width, channels), nn.Tanh())  # no layer couples pixels
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.film = nn.ModuleList(nn.Linear(z_dim, 2 * width) for _ in range(depth))  # z -> (gamma - 1, beta)
+        self.out = nn.Linear(width, channels)  # no layer couples pixels
+        for m in self.modules():  # N(0, 1/fan_in): pre-activations of variance ~1 through every tanh layer
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, m.in_features**-0.5)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.fc_xy.weight, 0.0, features**-0.5)  # sin^2 + cos^2 = 1: variance 1 from the pixel
+        nn.init.normal_(self.fc_z.weight, 0.0, (2 * z_dim) ** -0.5)  # variance 1/2 from z
+        for m in self.film:  # gamma ~ 1, beta ~ 0 at the start
+            nn.init.normal_(m.weight, 0.0, 0.1 * z_dim**-0.5)
 
     def forward(self, z, size=None, chunk=None):  # (B, z_dim) -> (B, channels, size, size)
         size = size or self.size
         c = (torch.arange(size, device=z.device) * 2 + 1) / size - 1  # pixel centres in (-1, 1)
         y, x = torch.meshgrid(c * self.scale, c * self.scale, indexing="ij")
-        xyr = torch.stack([x, y, (x**2 + y**2).sqrt()], -1).view(-1, 3)  # (size*size, 3)
+        xy = torch.stack([x, y], -1).view(-1, 2)  # (size*size, 2)
         h_z = self.fc_z(z)[:, None]  # (B, 1, width)
-        chunk = chunk or max(1, 2**24 // (z.size(0) * self.width))  # pixels per pass: bounded memory at any size
-        out = [self.net(h_z + self.fc_xyr(p)) for p in xyr.split(chunk)]  # each (B, pixels, channels)
+        film = [m(z)[:, None].chunk(2, -1) for m in self.film]  # per layer (gamma - 1, beta), each (B, 1, width)
+        per_pixel = z.size(0) * self.width + 4 * self.fc_xy.in_features  # activations; features, sin, cos, angles
+        chunk = chunk or max(1, 2**24 // per_pixel)  # pixels per pass: bounded memory at any size
+        out = [self.pixels(p, h_z, film) for p in xy.split(chunk)]  # each (B, pixels, channels)
         return torch.cat(out, 1).transpose(1, 2).reshape(z.size(0), self.channels, size, size)
+
+    def pixels(self, xy, h_z, film):  # (pixels, 2) -> (B, pixels, channels)
+        a = xy @ self.freq  # (pixels, features)
+        h = torch.tanh(h_z + self.fc_xy(torch.cat([a.sin(), a.cos()], -1)))  # (B, pixels, width)
+        for fc, (g, b) in zip(self.hidden, film):
+            h = torch.tanh(fc(h) * (1 + g) + b)  # FiLM: z scales and shifts every hidden layer
+        return torch.tanh(self.out(h))
 
 
 class Critic(nn.Module):
@@ -157,7 +186,7 @@ def get_args(argv=None):
     p.add_argument("--width", type=int, default=64, help="base channel width (DCGAN: 64)")
     p.add_argument("--cppn-width", type=int, default=128, help="CPPN hidden units (CPPN-GAN code: 128)")
     p.add_argument("--cppn-depth", type=int, default=3, help="CPPN tanh layers after the first (CPPN-GAN: 3)")
-    p.add_argument("--coord-scale", type=float, default=8.0, help="x, y in [-s, s] (CPPN-GAN code: 8)")
+    p.add_argument("--coord-scale", type=float, default=2.0, help="x, y in [-s, s] (default: 2; CPPN-GAN code: 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

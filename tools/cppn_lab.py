@@ -4,8 +4,9 @@
     python tools/cppn_lab.py gan DIGITS VARIANT [--iters 1500] # train through main(), score every --every
 
 DIGITS is a folder from `python tools/digits.py make`. A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's
-generator, for comparison; with `gan`, "wgan_gp" runs wgan_gp.py itself). Runs use one thread; give each its own
-process to run several side by side.
+generator, for comparison; with `gan`, "wgan_gp" runs wgan_gp.py itself and "script" cppn_wgan_gp.py as it is).
+"base" is Ha's CPPN, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one thread; give
+each its own process to run several side by side.
 """
 
 import argparse
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
 
-import cppn_wgan_gp  # noqa: E402
 import digits  # noqa: E402
+
+import cppn_wgan_gp  # noqa: E402
 import wgan_gp  # noqa: E402
 
 
@@ -183,8 +185,11 @@ def gan(root, name, iters, every, size, extra, seed=0):
     """Train through the script's own main() (the variant patched in), score with digits.py after every `every`."""
     torch.set_num_threads(1)
     module = wgan_gp if name == "wgan_gp" else cppn_wgan_gp
-    if name not in ("wgan_gp", "base-script"):
-        module.Generator = lambda z_dim, ch, s, w, depth=3, scale=8.0: make_generator(name, z_dim, ch, s, w, depth, scale)
+    if name not in ("wgan_gp", "script"):  # "script": cppn_wgan_gp.py's own generator
+        extra = ["--coord-scale", "8"] + extra  # Ha's s (the Fourier variants set their own)
+        module.Generator = lambda z_dim, ch, s, w, depth=3, scale=8.0: make_generator(
+            name, z_dim, ch, s, w, depth, scale
+        )
     net = digits.classifier(root)
     ref = digits.stats(net, F.interpolate(load_digits(root, size, 1000), size=32, mode="bicubic").clamp(-1, 1))
     out = tempfile.mkdtemp()
