@@ -18,7 +18,7 @@ Deviations from the paper / official code:
     arXiv:2006.10739), x, y in [-s, s] with s = 2 (--coord-scale; Ha's code: 8, raw, with r);
   - z also scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871; the
     per-pixel CIPS generator, Anokhin et al. 2020, arXiv:2011.13775, modulates every layer by z too);
-  - weights N(0, 1/fan_in), z's and the pixel's shares of the first layer's input balanced (1/2 : 1).
+  - weights N(0, 1/fan_in); the first layer's input gets variance 1 from the pixel and 1/2 from z.
 - z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's CPPN code draws a 32-d uniform z and multiplies it by the
   coordinate scale.
 - Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, average-pooled by 4, comes close

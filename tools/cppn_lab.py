@@ -146,15 +146,12 @@ def init_stats(G, z_dim, size, n=64):
     return " ".join(rows), x.std((2, 3)).mean().item(), x.std(0).mean().item()
 
 
-LR = 1e-4
-
-
-def fit_race(G, z_dim, target, steps, bs=64):
+def fit_race(G, z_dim, target, steps, lr, bs=64):
     """Regress a fixed z_i onto target image i with the training's Adam (alpha 1e-4, betas (0, 0.9)): how fast
     can the generator make its output depend on z? Returns the MSE after each quarter of the steps."""
     torch.manual_seed(1)
     z = torch.randn(len(target), z_dim)
-    opt = torch.optim.Adam(G.parameters(), lr=LR, betas=(0.0, 0.9))
+    opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.9))
     out = []
     for t in range(1, steps + 1):
         i = torch.randint(len(target), (bs,))
@@ -168,7 +165,7 @@ def fit_race(G, z_dim, target, steps, bs=64):
     return out
 
 
-def probe(root, names, size=16, width=128, steps=400, n=256):
+def probe(root, names, size=16, width=128, steps=400, lr=1e-4, n=256):
     target = load_digits(root, size, n)
     print(f"fixed-z race: {n} held-out digits at {size}x{size}, {steps} Adam steps; MSE of the mean image "
           f"{F.mse_loss(target.mean(0, keepdim=True).expand_as(target), target):.4f}")  # fmt: skip
@@ -176,7 +173,7 @@ def probe(root, names, size=16, width=128, steps=400, n=256):
         torch.manual_seed(0)
         G = make_generator(name, 128, 1, size, width)
         layers, px, zz = init_stats(G, 128, size)
-        race = fit_race(G, 128, target, steps)
+        race = fit_race(G, 128, target, steps, lr)
         print(f"{name:20s} tanh in std/sat: {layers} | std over pixels {px:.3f}, over z {zz:.3f} | "
               f"fit MSE {' '.join(f'{v:.4f}' for v in race)}", flush=True)  # fmt: skip
 
@@ -228,10 +225,8 @@ def main():
     p.add_argument("--extra", default="--width 32", help="more script flags (default: --width 32)")
     a = p.parse_args()
     torch.set_num_threads(1)
-    global LR
-    LR = a.lr
     if a.cmd == "probe":
-        probe(a.root, a.names or ["dcgan", *VARIANTS], a.size, steps=a.steps)
+        probe(a.root, a.names or ["dcgan", *VARIANTS], a.size, steps=a.steps, lr=a.lr)
     else:
         for name in a.names:
             gan(a.root, name, a.iters, a.every, a.size, a.extra.split(), a.seed)
