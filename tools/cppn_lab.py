@@ -2,6 +2,7 @@
 
     python tools/cppn_lab.py probe DIGITS [VARIANT ...]        # init statistics and a fixed-z fitting race
     python tools/cppn_lab.py gan DIGITS VARIANT [--iters 1500] # train through main(), score every --every
+    python tools/cppn_lab.py gan DIGITS VARIANT --out DIR      # keep the run in DIR/VARIANT; go on from it later
 
 DIGITS is a folder from `python tools/digits.py make`. A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's
 generator, for comparison; with `gan`, "wgan_gp" runs wgan_gp.py itself and "script" cppn_wgan_gp.py as it is).
@@ -178,8 +179,9 @@ def probe(root, names, size=16, width=128, steps=400, lr=1e-4, n=256):
               f"fit MSE {' '.join(f'{v:.4f}' for v in race)}", flush=True)  # fmt: skip
 
 
-def gan(root, name, iters, every, size, extra, seed=0):
-    """Train through the script's own main() (the variant patched in), score with digits.py after every `every`."""
+def gan(root, name, iters, every, size, extra, seed=0, out=None):
+    """Train through the script's own main() (the variant patched in), score with digits.py after every `every`.
+    With `out` holding a checkpoint from an earlier call, go on from it (resumes are exact: same result)."""
     torch.set_num_threads(1)
     module = wgan_gp if name == "wgan_gp" else cppn_wgan_gp
     if name not in ("wgan_gp", "script"):  # "script": cppn_wgan_gp.py's own generator
@@ -189,14 +191,16 @@ def gan(root, name, iters, every, size, extra, seed=0):
         )
     net = digits.classifier(root)
     ref = digits.stats(net, F.interpolate(load_digits(root, size, 1000), size=32, mode="bicubic").clamp(-1, 1))
-    out = tempfile.mkdtemp()
+    out = out or tempfile.mkdtemp()
+    path = os.path.join(out, "checkpoint.pt")
+    start = torch.load(path, weights_only=False)["iter"] if os.path.exists(path) else 0
     base = ["--dataset", "folder", "--data-root", os.path.join(root, "train"), "--size", str(size), "--seed", str(seed)]
-    for done in range(every, iters + 1, every):
-        argv = base + extra + ["--out", out] if done == every else ["--resume", os.path.join(out, "checkpoint.pt")]
+    for done in range(start - start % every + every, iters + 1, every):
+        argv = ["--resume", path] if os.path.exists(path) else base + extra + ["--out", out]
         with contextlib.redirect_stdout(io.StringIO()) as log:
             module.main(argv + ["--iters", str(done), "--log-every", str(every), "--sample-every", str(iters)])
         line = [s for s in log.getvalue().splitlines() if s.startswith("iter")][-1]
-        ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+        ckpt = torch.load(path, weights_only=False)
         a = ckpt["args"]
         G = module.Generator(a["z_dim"], 1, size, a["cppn_width"] if name != "wgan_gp" else a["width"],
                              *((a["cppn_depth"], a["coord_scale"]) if name != "wgan_gp" else ()))  # fmt: skip
@@ -223,13 +227,14 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-4, help="probe: the race's Adam alpha")
     p.add_argument("--extra", default="--width 32", help="more script flags (default: --width 32)")
+    p.add_argument("--out", help="gan: the run's folder; one holding a checkpoint is continued (default: a new one)")
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.cmd == "probe":
         probe(a.root, a.names or ["dcgan", *VARIANTS], a.size, steps=a.steps, lr=a.lr)
     else:
         for name in a.names:
-            gan(a.root, name, a.iters, a.every, a.size, a.extra.split(), a.seed)
+            gan(a.root, name, a.iters, a.every, a.size, a.extra.split(), a.seed, a.out and os.path.join(a.out, name))
 
 
 if __name__ == "__main__":
