@@ -19,6 +19,12 @@ Deviations from the paper / official code:
   - z also scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871; the
     per-pixel CIPS generator, Anokhin et al. 2020, arXiv:2011.13775, modulates every layer by z too);
   - weights N(0, 1/fan_in); the first layer's input gets variance 1 from the pixel and 1/2 from z.
+- The CPPN's Adam alpha is 10x the critic's (1e-3 against Alg. 1's 1e-4 for both; --cppn-lr-mul). Adam moves each
+  weight about alpha a step whatever its gradient's scale, so what counts is alpha against the weights' size: the
+  CPPN's start at std 1/sqrt(128) = 0.09, the DCGAN generator's at 0.02 (and BatchNorm after each makes their
+  scale free), so at one alpha the CPPN moved ~4x slower for its size. On 32x32 font digits (tools/cppn_lab.py)
+  10x scored 847 at 250 iterations and 418 at 500 where 1x scored 3,505 and 1,958 (3x: 2,146 and 579;
+  wgan_gp.py's generator 1,250 and 309). Runs past 500 iterations at 10x are not measured yet.
 - z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's CPPN code draws a 32-d uniform z and multiplies it by the
   coordinate scale.
 - Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, average-pooled by 4, comes close
@@ -186,6 +192,7 @@ def get_args(argv=None):
     p.add_argument("--width", type=int, default=64, help="base channel width (DCGAN: 64)")
     p.add_argument("--cppn-width", type=int, default=128, help="CPPN hidden units (CPPN-GAN code: 128)")
     p.add_argument("--cppn-depth", type=int, default=3, help="CPPN tanh layers after the first (CPPN-GAN: 3)")
+    p.add_argument("--cppn-lr-mul", type=float, default=10.0, help="CPPN Adam alpha = --lr * this (default: 10)")
     p.add_argument("--coord-scale", type=float, default=2.0, help="x, y in [-s, s] (default: 2; CPPN-GAN code: 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
@@ -230,7 +237,8 @@ def main(argv=None):
     G = Generator(args.z_dim, channels, args.size, args.cppn_width, args.cppn_depth, args.coord_scale).to(device)
     D = Critic(channels, args.size, args.width).to(device)
     cuda = device.type == "cuda"  # capturable optimizers: the eager and the --cuda-graph path compute the same
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), capturable=cuda)
+    lr_G = args.lr * args.cppn_lr_mul  # the CPPN's step size (see the header)
+    opt_G = torch.optim.Adam(G.parameters(), lr=lr_G, betas=(args.beta1, args.beta2), capturable=cuda)
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), capturable=cuda)
     fixed_z = torch.randn(64, args.z_dim, device=device)  # one z for every sample grid
     start, seconds = 0, 0.0

@@ -26,7 +26,7 @@ FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of th
         "size batch_size iters n_critic z_dim width cppn_width log_every sample_every ckpt_every n",
     ),
     ">= 0": (lambda v: v >= 0, "lam cppn_depth generate render"),
-    "> 0": (lambda v: v > 0, "lr clip coord_scale"),
+    "> 0": (lambda v: v > 0, "lr clip coord_scale cppn_lr_mul"),
     "in [0, 1)": (lambda v: 0 <= v < 1, "beta1 beta2"),
     "in [0, 2^63)": (lambda v: 0 <= v < 2**63, "seed"),
 }

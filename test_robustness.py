@@ -57,7 +57,7 @@ BAD_FLAGS = [("--batch-size", 0), ("--iters", 0), ("--n-critic", 0), ("--lr", 0)
              ("--generate", -3), ("--seed", -1)]  # fmt: skip
 OWN_BAD_FLAGS = {"wgan": [("--clip", 0)], "wgan_gp": [("--lam", -1), ("--beta1", 1)], "gan": [("--beta2", 1.5)],
                  "cppn_wgan_gp": [("--lam", -1), ("--beta1", -0.1), ("--cppn-width", 0), ("--cppn-depth", -1),
-                                  ("--coord-scale", 0), ("--render", -5)]}  # fmt: skip
+                                  ("--coord-scale", 0), ("--render", -5), ("--cppn-lr-mul", 0)]}  # fmt: skip
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -5,7 +5,8 @@
     python tools/cppn_lab.py gan DIGITS VARIANT --out DIR      # keep the run in DIR/VARIANT; go on from it later
 
 DIGITS is a folder from `python tools/digits.py make`. A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's
-generator, for comparison; with `gan`, "wgan_gp" runs wgan_gp.py itself and "script" cppn_wgan_gp.py as it is).
+generator, for comparison; with `gan`, "wgan_gp" runs wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and
+"script*C" cppn_wgan_gp.py with --cppn-lr-mul C).
 "base" is Ha's CPPN, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one thread; give
 each its own process to run several side by side.
 """
@@ -38,29 +39,46 @@ class CPPN(nn.Module):
     first layer's z and coordinate parts each scaled to variance 1/2)."""
 
     def __init__(self, z_dim, channels, size, width, depth=3, scale=8.0, cond="first", init="torch", fourier=0,
-                 sigma=3.0, film0=False):  # fmt: skip
+                 sigma=3.0, film0=False, zmap=0, act="tanh", omega=1.0, filmout=0.0):  # fmt: skip
         super().__init__()
-        self.fourier = fourier
+        self.fourier, self.act, self.omega = fourier, act, omega
+        zin = z_dim
+        if zmap:  # a mapping MLP z -> w (StyleGAN, CIPS, pi-GAN); w feeds fc_z and the FiLM layers
+            layers = []
+            for _ in range(zmap):
+                layers += [nn.Linear(zin, 256), nn.LeakyReLU(0.2)]
+                zin = 256
+            self.zmap = nn.Sequential(*layers)
+        else:
+            self.zmap = nn.Identity()
         if fourier:  # [sin, cos](B (x, y)), B ~ N(0, sigma^2) per unit of the (-1, 1) grid, fixed
             self.register_buffer("B", torch.randn(2, fourier) * sigma)
             scale = 1.0
-        self.film0 = nn.Linear(z_dim, width) if film0 else None
+        self.film0 = nn.Linear(zin, width) if film0 else None
+        self.filmout = nn.Linear(zin, width) if filmout else None  # z -> g: out(h * (1 + g)), a per-sample readout
         self.channels, self.size, self.width, self.scale, self.cond = channels, size, width, scale, cond
-        self.fc_z = nn.Linear(z_dim, width)
+        self.fc_z = nn.Linear(zin, width)
         self.fc_xyr = nn.Linear(2 * fourier if fourier else 3, width, bias=False)
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         k = {"first": 0, "every": 1, "film": 2}[cond]
-        self.zmod = nn.ModuleList(nn.Linear(z_dim, k * width) for _ in range(depth if k else 0))
+        self.zmod = nn.ModuleList(nn.Linear(zin, k * width) for _ in range(depth if k else 0))
         self.out = nn.Linear(width, channels)
         if init == "tanh":
             for m in [self.fc_z, *self.hidden, self.out, *self.zmod]:
                 nn.init.normal_(m.weight, 0, m.in_features**-0.5)
                 nn.init.zeros_(m.bias)
-            nn.init.normal_(self.fc_z.weight, 0, (2 * z_dim) ** -0.5)  # Var(W_z z) = 1/2 for z ~ N(0, I)
+            nn.init.normal_(self.fc_z.weight, 0, (2 * zin) ** -0.5)  # Var(W_z z) = 1/2 for z ~ N(0, I)
+            for m in self.zmap.modules():  # Kaiming for LeakyReLU(0.2): w keeps z's scale
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, 0, (2 / 1.04 / m.in_features) ** 0.5)
+                    nn.init.zeros_(m.bias)
             r2 = 2 * scale**2 / 3  # E[x^2 + y^2] on the grid; Var(W_xyr xyr) = 1/2
             nn.init.normal_(self.fc_xyr.weight, 0, (2 * (r2 + r2)) ** -0.5 if not fourier else fourier**-0.5)
+            if filmout:
+                nn.init.normal_(self.filmout.weight, 0, filmout * zin**-0.5)
+                nn.init.zeros_(self.filmout.bias)
             if film0:
-                nn.init.normal_(self.film0.weight, 0, 0.1 * z_dim**-0.5)
+                nn.init.normal_(self.film0.weight, 0, 0.1 * zin**-0.5)
                 nn.init.zeros_(self.film0.bias)
             for m in self.zmod:  # film: gamma starts at 1 + small; every: like a second z input
                 if cond == "film":
@@ -74,13 +92,16 @@ class CPPN(nn.Module):
         if self.fourier:
             xyr = xyr[:, :2] @ self.B
             xyr = torch.cat([xyr.sin(), xyr.cos()], -1)
+        z = self.zmap(z)  # w (z itself without a mapping network)
+        act = torch.sin if self.act == "sin" else torch.tanh
         h_z = self.fc_z(z)[:, None]
         g0 = 1 + self.film0(z)[:, None] if self.film0 is not None else 1
         mods = [m(z)[:, None] for m in self.zmod]
+        g_out = 1 + self.filmout(z)[:, None] if self.filmout is not None else 1
         chunk = chunk or max(1, 2**24 // (z.size(0) * self.width))
         out = []
         for p in xyr.split(chunk):
-            h = torch.tanh(h_z + g0 * self.fc_xyr(p))
+            h = act(self.omega * (h_z + g0 * self.fc_xyr(p)))
             for i, lin in enumerate(self.hidden):
                 a = lin(h)
                 if self.cond == "every":
@@ -88,8 +109,8 @@ class CPPN(nn.Module):
                 elif self.cond == "film":
                     g, b = mods[i].chunk(2, -1)
                     a = a * (1 + g) + b
-                h = torch.tanh(a)
-            out.append(torch.tanh(self.out(h)))
+                h = act(self.omega * a)
+            out.append(torch.tanh(self.out(h * g_out)))
         return torch.cat(out, 1).transpose(1, 2).reshape(z.size(0), self.channels, size, size)
 
 
@@ -108,6 +129,11 @@ VARIANTS = {  # name -> CPPN options (scale is --coord-scale's, 8 unless set her
     "fourier128+film+tanh-init": {"cond": "film", "init": "tanh", "fourier": 128},
     "fourier64s5+film+tanh-init": {"cond": "film", "init": "tanh", "fourier": 64, "sigma": 5.0},
     "fourier64+film0+film+tanh-init": {"cond": "film", "init": "tanh", "fourier": 64, "film0": True},
+    "fourier64+film+tanh-init+zmap2": {"cond": "film", "init": "tanh", "fourier": 64, "zmap": 2},
+    "fourier64+film+tanh-init+sin": {"cond": "film", "init": "tanh", "fourier": 64, "act": "sin"},
+    "fourier64s8+film+tanh-init": {"cond": "film", "init": "tanh", "fourier": 64, "sigma": 8.0},
+    "fourier64+film+tanh-init+filmout": {"cond": "film", "init": "tanh", "fourier": 64, "filmout": 0.1},
+    "fourier64+film+tanh-init+filmout1": {"cond": "film", "init": "tanh", "fourier": 64, "filmout": 1.0},
 }
 
 
@@ -184,7 +210,9 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
     With `out` holding a checkpoint from an earlier call, go on from it (resumes are exact: same result)."""
     torch.set_num_threads(1)
     module = wgan_gp if name == "wgan_gp" else cppn_wgan_gp
-    if name not in ("wgan_gp", "script"):  # "script": cppn_wgan_gp.py's own generator
+    if name.startswith("script*"):  # "script*C": cppn_wgan_gp.py as it is, with --cppn-lr-mul C
+        extra = ["--cppn-lr-mul", name[7:]] + extra
+    elif name not in ("wgan_gp", "script"):  # "script": cppn_wgan_gp.py as it is
         extra = ["--coord-scale", "8"] + extra  # Ha's s (the Fourier variants set their own)
         module.Generator = lambda z_dim, ch, s, w, depth=3, scale=8.0: make_generator(
             name, z_dim, ch, s, w, depth, scale
