@@ -21,10 +21,11 @@ Deviations from the paper / official code:
   - weights N(0, 1/fan_in); the first layer's input gets variance 1 from the pixel and 1/2 from z.
 - The CPPN's Adam alpha is 10x the critic's (1e-3 against Alg. 1's 1e-4 for both; --cppn-lr-mul). Adam moves each
   weight about alpha a step whatever its gradient's scale, so what counts is alpha against the weights' size: the
-  CPPN's start at std 1/sqrt(128) = 0.09, the DCGAN generator's at 0.02 (and BatchNorm after each makes their
-  scale free), so at one alpha the CPPN moved ~4x slower for its size. On 32x32 font digits (tools/cppn_lab.py)
-  10x scored 847 at 250 iterations and 418 at 500 where 1x scored 3,505 and 1,958 (3x: 2,146 and 579;
-  wgan_gp.py's generator 1,250 and 309). Runs past 500 iterations at 10x are not measured yet.
+  CPPN's hidden layers start at std 1/sqrt(128) = 0.09, the DCGAN generator's at 0.02 (with BatchNorm after all but
+  its output layer, which makes their scale free), so at one alpha the CPPN moved ~4x slower for its size. On
+  32x32 font digits (tools/cppn_lab.py) 10x scored 847 at 250 iterations and 418 at 500 where 1x scored 3,505 and
+  1,958 (3x: 2,146 and 579; wgan_gp.py's generator 1,250 and 309). Runs past 500 iterations at 10x are not
+  measured yet.
 - z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's CPPN code draws a 32-d uniform z and multiplies it by the
   coordinate scale.
 - Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, average-pooled by 4, comes close

@@ -161,6 +161,12 @@ def test_loss_signs_on_a_critic_with_known_outputs(script, extra, g_sign, tmp_pa
         assert float(ckpt["D"]["w"]) == pytest.approx(0.01)
 
 
+def test_cppn_steps_at_cppn_lr_mul_times_the_critics_alpha(tmp_path, monkeypatch):
+    _, _, ckpt = known_output_run(importlib.import_module("cppn_wgan_gp"), tmp_path, monkeypatch, "--cppn-lr-mul", 3)
+    assert ckpt["opt_G"]["param_groups"][0]["lr"] == pytest.approx(3e-3)  # --lr 1e-3 times 3
+    assert ckpt["opt_D"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+
+
 def test_known_outputs_catch_a_dropped_penalty(tmp_path, monkeypatch):
     """Without its penalty WGAN-GP is unconstrained WGAN, which on the bimodal set below still learned in 2 of 10
     seeds (gp 0.039 and 0.067 where the correct script had <= 0.014): the learning test cannot be the one to see it.

@@ -39,9 +39,9 @@ class CPPN(nn.Module):
     first layer's z and coordinate parts each scaled to variance 1/2)."""
 
     def __init__(self, z_dim, channels, size, width, depth=3, scale=8.0, cond="first", init="torch", fourier=0,
-                 sigma=3.0, film0=False, zmap=0, act="tanh", omega=1.0, filmout=0.0):  # fmt: skip
+                 sigma=3.0, film0=False, zmap=0, act="tanh", filmout=0.0):  # fmt: skip
         super().__init__()
-        self.fourier, self.act, self.omega = fourier, act, omega
+        self.fourier, self.act = fourier, act
         zin = z_dim
         if zmap:  # a mapping MLP z -> w (StyleGAN, CIPS, pi-GAN); w feeds fc_z and the FiLM layers
             layers = []
@@ -101,7 +101,7 @@ class CPPN(nn.Module):
         chunk = chunk or max(1, 2**24 // (z.size(0) * self.width))
         out = []
         for p in xyr.split(chunk):
-            h = act(self.omega * (h_z + g0 * self.fc_xyr(p)))
+            h = act(h_z + g0 * self.fc_xyr(p))
             for i, lin in enumerate(self.hidden):
                 a = lin(h)
                 if self.cond == "every":
@@ -109,7 +109,7 @@ class CPPN(nn.Module):
                 elif self.cond == "film":
                     g, b = mods[i].chunk(2, -1)
                     a = a * (1 + g) + b
-                h = act(self.omega * a)
+                h = act(a)
             out.append(torch.tanh(self.out(h * g_out)))
         return torch.cat(out, 1).transpose(1, 2).reshape(z.size(0), self.channels, size, size)
 
