@@ -23,9 +23,9 @@ Deviations from the paper / official code:
   weight about alpha a step whatever its gradient's scale, so what counts is alpha against the weights' size: the
   CPPN's hidden layers start at std 1/sqrt(128) = 0.09, the DCGAN generator's at 0.02 (with BatchNorm after all but
   its output layer, which makes their scale free), so at one alpha the CPPN moved ~4x slower for its size. On
-  32x32 font digits (tools/cppn_lab.py) 10x scored 847 at 250 iterations and 418 at 500 where 1x scored 3,505 and
-  1,958 (3x: 2,146 and 579; wgan_gp.py's generator 1,250 and 309). Runs past 500 iterations at 10x are not
-  measured yet.
+  32x32 font digits (tools/cppn_lab.py) two 10x runs scored 847 and 1,015 at 250 iterations and 418 and 608 at
+  500 where 1x scored 3,505 and 1,958 (3x: 2,146 and 579; 30x: 1,195 and 654; wgan_gp.py's generator 1,250 and
+  309).
 - z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's CPPN code draws a 32-d uniform z and multiplies it by the
   coordinate scale.
 - Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, average-pooled by 4, comes close
