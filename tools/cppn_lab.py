@@ -7,8 +7,8 @@
 DIGITS is a folder from `python tools/digits.py make`. A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's
 generator, for comparison; with `gan`, "wgan_gp" runs wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and
 "script*C" cppn_wgan_gp.py with --cppn-lr-mul C).
-"base" is Ha's CPPN, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one thread; give
-each its own process to run several side by side.
+"base" is Ha's CPPN, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one thread
+(--threads); give each its own process to run several side by side.
 """
 
 import argparse
@@ -208,7 +208,6 @@ def probe(root, names, size=16, width=128, steps=400, lr=1e-4, n=256):
 def gan(root, name, iters, every, size, extra, seed=0, out=None):
     """Train through the script's own main() (the variant patched in), score with digits.py after every `every`.
     With `out` holding a checkpoint from an earlier call, go on from it (resumes are exact: same result)."""
-    torch.set_num_threads(1)
     module = wgan_gp if name == "wgan_gp" else cppn_wgan_gp
     if name.startswith("script*"):  # "script*C": cppn_wgan_gp.py as it is, with --cppn-lr-mul C
         extra = ["--cppn-lr-mul", name[7:]] + extra
@@ -255,9 +254,10 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=1e-4, help="probe: the race's Adam alpha")
     p.add_argument("--extra", default="--width 32", help="more script flags (default: --width 32)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: one run per core)")
     p.add_argument("--out", help="gan: the run's folder; one holding a checkpoint is continued (default: a new one)")
     a = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     if a.cmd == "probe":
         probe(a.root, a.names or ["dcgan", *VARIANTS], a.size, steps=a.steps, lr=a.lr)
     else:
