@@ -36,6 +36,9 @@ Deviations from the paper / official code:
   into [0, 1]).
 - The critic has DCGAN's N(0, 0.02) initialisation.
 - The CPPN has no BatchNorm: train and eval mode draw the same samples.
+- Sample grids, interpolations, --generate and --render come from an exponential moving average of G's weights,
+  decay 0.999 (--ema; Yazici et al. 2019, arXiv:1806.04498), not from G; --ema 0 samples G itself. Training is
+  unchanged.
 """
 
 import argparse
@@ -197,6 +200,7 @@ def get_args(argv=None):
     p.add_argument("--cppn-depth", type=int, default=3, help="CPPN tanh layers after the first (CPPN-GAN: 3)")
     p.add_argument("--cppn-lr-mul", type=float, default=10.0, help="CPPN Adam alpha = --lr * this (default: 10)")
     p.add_argument("--coord-scale", type=float, default=2.0, help="x, y in [-s, s] (default: 2; CPPN-GAN code: 8)")
+    p.add_argument("--ema", type=float, default=0.999, help="samples come from G's weight average (0: from G)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -255,15 +259,17 @@ def main(argv=None):
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if device.type == "cuda" and ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    G_ema = data.EMA(G, args.ema)  # samples come from it; one from a checkpoint without it starts at the loaded G
+    if ckpt and "G_ema" in ckpt:
+        G_ema.model.load_state_dict(ckpt["G_ema"])
     if args.render:  # --resume CKPT --render SIZE
-        render(G, fixed_z, args.render, args.out)
+        render(G_ema.model, fixed_z, args.render, args.out)
         return
     if args.generate:  # --resume CKPT --generate N: N single PNGs, the folder format FID tools read
         os.makedirs(os.path.join(args.out, "generated"), exist_ok=True)
-        G.eval()
         with torch.no_grad():
             for i in range(0, args.generate, 256):
-                x_fake = G(torch.randn(min(256, args.generate - i), args.z_dim, device=device))
+                x_fake = G_ema.model(torch.randn(min(256, args.generate - i), args.z_dim, device=device))
                 for j, img in enumerate(x_fake):
                     data.save_grid(img, os.path.join(args.out, "generated", f"{i + j:06d}.png"))
         print(f"wrote {args.generate} samples to {os.path.join(args.out, 'generated')}")
@@ -272,16 +278,15 @@ def main(argv=None):
     def save(done):  # atomic; holds everything a resume needs to continue exactly
         rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
         state = {"G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict()}
+        state["G_ema"] = G_ema.model.state_dict()
         state |= {"iter": done, "seconds": seconds + time.time() - t0, "rng": rng, "fixed_z": fixed_z.cpu()}
         data.save_checkpoint(
             state | {"args": vars(args), "channels": channels}, os.path.join(args.out, "checkpoint.pt")
         )
 
     def sample(name, z, nrow=8):
-        G.eval()
         with torch.no_grad():
-            data.save_grid(G(z), os.path.join(args.out, name), nrow)
-        G.train()
+            data.save_grid(G_ema.model(z), os.path.join(args.out, name), nrow)
 
     os.makedirs(args.out, exist_ok=True)
     data.save_real_grid(x, os.path.join(args.out, "real_samples.png"))  # the data as trained on
@@ -293,6 +298,7 @@ def main(argv=None):
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
             step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
+            G_ema.update()  # plumbing, not Alg. 1: the average of G that samples come from
             done = it + 1
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
                 if not stop.signal:

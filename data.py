@@ -1,8 +1,10 @@
 """Support code for the scripts, no loss logic: datasets as one uint8 tensor, batches, image, log and checkpoint
-I/O, flag checks, the stop on a signal and the CUDA-graph wrapper. `python data.py --export DIR` writes the training
-images as trained on. Every user error is raised as SystemExit("error: ..."): one line on stderr, exit status 1."""
+I/O, flag checks, the generator's weight average, the stop on a signal and the CUDA-graph wrapper.
+`python data.py --export DIR` writes the training images as trained on. Every user error is raised as
+SystemExit("error: ..."): one line on stderr, exit status 1."""
 
 import argparse
+import copy
 import csv
 import math
 import os
@@ -27,7 +29,7 @@ FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of th
     ),
     ">= 0": (lambda v: v >= 0, "lam cppn_depth generate render"),
     "> 0": (lambda v: v > 0, "lr clip coord_scale cppn_lr_mul"),
-    "in [0, 1)": (lambda v: 0 <= v < 1, "beta1 beta2"),
+    "in [0, 1)": (lambda v: 0 <= v < 1, "beta1 beta2 ema"),
     "in [0, 2^63)": (lambda v: 0 <= v < 2**63, "seed"),
 }
 
@@ -203,6 +205,25 @@ def load_checkpoint(path):
         raise SystemExit(f"error: checkpoint {path} does not exist") from None
     except Exception as e:
         raise SystemExit(f"error: checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
+
+
+class EMA:
+    """A copy of `model` whose weights and float buffers follow it as an exponential moving average: after each
+    update(), avg <- decay * avg + (1 - decay) * current (Yazici et al., "The Unusual Effectiveness of Averaging in
+    GAN Training", 2019, arXiv:1806.04498). It starts as the model's copy; decay 0 keeps it equal to the model. It
+    only reads the model: training is unchanged. Kept in eval mode, without gradients."""
+
+    def __init__(self, model, decay):
+        self.model, self.decay = copy.deepcopy(model).eval().requires_grad_(False), decay
+        self.pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))  # shared storage
+
+    @torch.no_grad()
+    def update(self):
+        for avg, cur in self.pairs:
+            if avg.is_floating_point():
+                avg.lerp_(cur, 1 - self.decay)  # torch.lerp with weight 1 gives cur exactly
+            else:
+                avg.copy_(cur)  # BatchNorm's num_batches_tracked
 
 
 class CudaGraphed:

@@ -11,8 +11,10 @@ Deviations from the paper / official code:
   log(1 - D(G(z))) is --saturating. Batch 64 as in the other scripts (DCGAN used 128).
 - pytorch/examples' networks: at 64x64, 512 channels at 4x4 where the DCGAN paper has 1024; z is 128, not 100.
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
-- Sample grids, interpolations and --generate run G in eval mode (BatchNorm running statistics); every official
-  code samples in train mode (the batch's own statistics), so compare FIDs only with eval-mode samples.
+- Sample grids, interpolations and --generate come from an exponential moving average of G's weights, decay
+  0.999 (--ema; Yazici et al. 2019, arXiv:1806.04498), not from G; --ema 0 samples G itself. Training is unchanged.
+- They run it in eval mode (BatchNorm running statistics, averaged too); every official code samples in train mode
+  (the batch's own statistics), so compare FIDs only with eval-mode samples.
 """
 
 import argparse
@@ -127,6 +129,7 @@ def get_args(argv=None):
     p.add_argument("--saturating", action=argparse.BooleanOptionalAction, help="Alg. 1's G loss log(1 - D(G(z)))")
     p.add_argument("--z-dim", type=int, default=128, help="latent size (default: 128)")
     p.add_argument("--width", type=int, default=64, help="base channel width (DCGAN: 64)")
+    p.add_argument("--ema", type=float, default=0.999, help="samples come from G's weight average (0: from G)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -179,12 +182,14 @@ def main(argv=None):
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if device.type == "cuda" and ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    G_ema = data.EMA(G, args.ema)  # samples come from it; one from a checkpoint without it starts at the loaded G
+    if ckpt and "G_ema" in ckpt:
+        G_ema.model.load_state_dict(ckpt["G_ema"])
     if args.generate:  # --resume CKPT --generate N: N single PNGs, the folder format FID tools read
         os.makedirs(os.path.join(args.out, "generated"), exist_ok=True)
-        G.eval()
         with torch.no_grad():
             for i in range(0, args.generate, 256):
-                x_fake = G(torch.randn(min(256, args.generate - i), args.z_dim, device=device))
+                x_fake = G_ema.model(torch.randn(min(256, args.generate - i), args.z_dim, device=device))
                 for j, img in enumerate(x_fake):
                     data.save_grid(img, os.path.join(args.out, "generated", f"{i + j:06d}.png"))
         print(f"wrote {args.generate} samples to {os.path.join(args.out, 'generated')}")
@@ -193,16 +198,15 @@ def main(argv=None):
     def save(done):  # atomic; holds everything a resume needs to continue exactly
         rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
         state = {"G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict()}
+        state["G_ema"] = G_ema.model.state_dict()
         state |= {"iter": done, "seconds": seconds + time.time() - t0, "rng": rng, "fixed_z": fixed_z.cpu()}
         data.save_checkpoint(
             state | {"args": vars(args), "channels": channels}, os.path.join(args.out, "checkpoint.pt")
         )
 
     def sample(name, z, nrow=8):
-        G.eval()
         with torch.no_grad():
-            data.save_grid(G(z), os.path.join(args.out, name), nrow)
-        G.train()
+            data.save_grid(G_ema.model(z), os.path.join(args.out, name), nrow)
 
     os.makedirs(args.out, exist_ok=True)
     data.save_real_grid(x, os.path.join(args.out, "real_samples.png"))  # the data as trained on
@@ -214,6 +218,7 @@ def main(argv=None):
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1: for number of training iterations do
             step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
+            G_ema.update()  # plumbing, not Alg. 1: the average of G that samples come from
             done = it + 1
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
                 if not stop.signal:

@@ -54,7 +54,7 @@ def test_transparency_is_composited_onto_white(tmp_path):
 
 BAD_FLAGS = [("--batch-size", 0), ("--iters", 0), ("--n-critic", 0), ("--lr", 0), ("--lr", "nan"),
              ("--z-dim", 0), ("--width", -1), ("--log-every", 0), ("--sample-every", 0), ("--ckpt-every", 0),
-             ("--generate", -3), ("--seed", -1)]  # fmt: skip
+             ("--generate", -3), ("--seed", -1), ("--ema", 1), ("--ema", -0.1)]  # fmt: skip
 OWN_BAD_FLAGS = {"wgan": [("--clip", 0)], "wgan_gp": [("--lam", -1), ("--beta1", 1)], "gan": [("--beta2", 1.5)],
                  "cppn_wgan_gp": [("--lam", -1), ("--beta1", -0.1), ("--cppn-width", 0), ("--cppn-depth", -1),
                                   ("--coord-scale", 0), ("--render", -5), ("--cppn-lr-mul", 0)]}  # fmt: skip

@@ -67,7 +67,7 @@ def test_resume_equals_uninterrupted(script, folders, tmp_path):
     run(script, "--resume", tmp_path / "split" / "checkpoint.pt", "--iters", 6)
     a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("straight", "split"))
     assert b["iter"] == 6
-    for net in ("G", "D"):
+    for net in ("G", "D", "G_ema"):
         for k in a[net]:
             assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
     rows = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
@@ -84,6 +84,44 @@ def test_generate(script, folders, tmp_path):
     for f in files[:3] + files[-3:]:
         with Image.open(f) as im:
             assert im.size == (20, 20) and im.getextrema() != ((0, 0),) * 3
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_samples_come_from_the_weight_average(script, folders, tmp_path):
+    run(script, "--dataset", "folder", "--data-root", folders["gray"], "--size", 12, "--iters", 2, "--out", tmp_path,
+        "--ema", 0, *TINY)  # fmt: skip
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for k in ckpt["G"]:  # decay 0: the average is G after every update (stays at G's start if update() is skipped)
+        assert torch.equal(ckpt["G_ema"][k], ckpt["G"][k]), k
+    *_, weight, bias = ckpt["G_ema"]  # the output layer of G's copy: 0 * h + 0.5, so every pixel is tanh(0.5)
+    ckpt["G_ema"][weight].zero_()
+    ckpt["G_ema"][bias].fill_(0.5)
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    run(script, "--resume", tmp_path / "checkpoint.pt", "--generate", 3)
+    for i in range(3):  # round(127.5 * tanh(0.5) + 127.5) = 186; from G, the pixels would vary
+        with Image.open(tmp_path / "generated" / f"00000{i}.png") as im:
+            assert im.convert("L").getextrema() == (186, 186), im.getextrema()
+    if script == "cppn_wgan_gp":  # --render too; a grid's padding is black
+        run(script, "--resume", tmp_path / "checkpoint.pt", "--render", 20)
+        with Image.open(tmp_path / "render_20.png") as im:
+            assert im.convert("L").getextrema() == (0, 186), im.getextrema()
+
+
+def test_ema_is_the_exponential_moving_average():
+    model = torch.nn.BatchNorm1d(2)  # float weights and buffers, and the integer num_batches_tracked
+    ema, start = data.EMA(model, 0.9), {k: v.clone() for k, v in model.state_dict().items()}
+    values = [1.0, -2.0, 4.0]
+    for v in values:
+        with torch.no_grad():
+            model.weight.fill_(v)
+        model.num_batches_tracked += 1
+        ema.update()
+    d = 0.9  # avg_3 = d^3 avg_0 + (1 - d)(d^2 v_1 + d v_2 + v_3)
+    want = d**3 * start["weight"] + (1 - d) * (d**2 * values[0] + d * values[1] + values[2])
+    assert torch.allclose(ema.model.weight, want, atol=1e-6) and ema.model.num_batches_tracked == 3
+    assert torch.equal(ema.model.running_mean, start["running_mean"])  # unchanged buffers stay put
+    assert not ema.model.training and not any(p.requires_grad for p in ema.model.parameters())
+    assert model.weight.requires_grad and model.training  # the trained model is left as it was
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

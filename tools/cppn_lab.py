@@ -231,15 +231,22 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
         a = ckpt["args"]
         G = module.Generator(a["z_dim"], 1, size, a["cppn_width"] if name != "wgan_gp" else a["width"],
                              *((a["cppn_depth"], a["coord_scale"]) if name != "wgan_gp" else ()))  # fmt: skip
-        G.load_state_dict(ckpt["G"])
-        G.eval()
-        with torch.no_grad():
-            g = torch.Generator().manual_seed(123)
-            x = G(torch.randn(1000, a["z_dim"], generator=g))
-            x = (x * 127.5 + 127.5).round().clamp(0, 255) / 127.5 - 1  # as the PNGs --generate writes
-            fid = digits.frechet(digits.stats(net, F.interpolate(x, size=32, mode="bicubic").clamp(-1, 1)), ref)
+        scores = []
+        for key in ("G", "G_ema"):  # G itself, and the weight average samples come from (--ema; absent before it)
+            if key not in ckpt:
+                continue
+            G.load_state_dict(ckpt[key])
+            G.eval()
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(123)
+                x = G(torch.randn(1000, a["z_dim"], generator=g))
+                x = (x * 127.5 + 127.5).round().clamp(0, 255) / 127.5 - 1  # as the PNGs --generate writes
+                x = F.interpolate(x, size=32, mode="bicubic").clamp(-1, 1)
+                scores.append(
+                    f"{'score' if key == 'G' else 'ema score'} {digits.frechet(digits.stats(net, x), ref):.1f}"
+                )
         w = line.split("w_dist ")[1].split()[0]
-        print(f"{name} {' '.join(extra)} | iter {done} | score {fid:.1f} | w_dist {w} | {out}", flush=True)
+        print(f"{name} {' '.join(extra)} | iter {done} | {' | '.join(scores)} | w_dist {w} | {out}", flush=True)
 
 
 def main():
