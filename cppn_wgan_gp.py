@@ -37,8 +37,8 @@ Deviations from the paper / official code:
 - The critic has DCGAN's N(0, 0.02) initialisation.
 - The CPPN has no BatchNorm: train and eval mode draw the same samples.
 - Sample grids, interpolations, --generate and --render come from an exponential moving average of G's weights,
-  decay 0.999 (--ema; Yazici et al. 2019, arXiv:1806.04498), not from G; --ema 0 samples G itself. Training is
-  unchanged.
+  decay 0.999 after a warm-up (--ema; Yazici et al. 2019, arXiv:1806.04498), not from G; --ema 0 samples G.
+  Training is unchanged.
 """
 
 import argparse
@@ -298,7 +298,7 @@ def main(argv=None):
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
             step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
-            G_ema.update()  # plumbing, not Alg. 1: the average of G that samples come from
+            G_ema.update(it + 1)  # plumbing, not Alg. 1: the average of G that samples come from
             done = it + 1
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
                 if not stop.signal:

@@ -208,20 +208,23 @@ def load_checkpoint(path):
 
 
 class EMA:
-    """A copy of `model` whose weights and float buffers follow it as an exponential moving average: after each
-    update(), avg <- decay * avg + (1 - decay) * current (Yazici et al., "The Unusual Effectiveness of Averaging in
-    GAN Training", 2019, arXiv:1806.04498). It starts as the model's copy; decay 0 keeps it equal to the model. It
-    only reads the model: training is unchanged. Kept in eval mode, without gradients."""
+    """A copy of `model` whose weights and float buffers follow it as an exponential moving average (Yazici et al.,
+    "The Unusual Effectiveness of Averaging in GAN Training", 2019, arXiv:1806.04498): update(n) after the model's
+    n-th step sets avg <- d * avg + (1 - d) * current, d = min(decay, (1 + n) / (10 + n)). That warm-up (TensorFlow's
+    ExponentialMovingAverage with num_updates) forgets the random start within the first iterations; d reaches
+    0.999 at n = 8,991. It starts as the model's copy; decay 0 keeps it equal to the model. It only reads the
+    model: training is unchanged. Kept in eval mode, without gradients."""
 
     def __init__(self, model, decay):
         self.model, self.decay = copy.deepcopy(model).eval().requires_grad_(False), decay
         self.pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))  # shared storage
 
     @torch.no_grad()
-    def update(self):
+    def update(self, n):
+        d = min(self.decay, (1 + n) / (10 + n))
         for avg, cur in self.pairs:
             if avg.is_floating_point():
-                avg.lerp_(cur, 1 - self.decay)  # torch.lerp with weight 1 gives cur exactly
+                avg.lerp_(cur, 1 - d)  # torch.lerp with weight 1 gives cur exactly
             else:
                 avg.copy_(cur)  # BatchNorm's num_batches_tracked
 

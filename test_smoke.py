@@ -110,14 +110,15 @@ def test_samples_come_from_the_weight_average(script, folders, tmp_path):
 def test_ema_is_the_exponential_moving_average():
     model = torch.nn.BatchNorm1d(2)  # float weights and buffers, and the integer num_batches_tracked
     ema, start = data.EMA(model, 0.9), {k: v.clone() for k, v in model.state_dict().items()}
-    values = [1.0, -2.0, 4.0]
-    for v in values:
+    values, steps = [1.0, -2.0, 4.0], [1, 2, 100]
+    for v, n in zip(values, steps):
         with torch.no_grad():
             model.weight.fill_(v)
         model.num_batches_tracked += 1
-        ema.update()
-    d = 0.9  # avg_3 = d^3 avg_0 + (1 - d)(d^2 v_1 + d v_2 + v_3)
-    want = d**3 * start["weight"] + (1 - d) * (d**2 * values[0] + d * values[1] + values[2])
+        ema.update(n)
+    d1, d2, d3 = 2 / 11, 3 / 12, 0.9  # min(0.9, (1 + n) / (10 + n)): the warm-up's, then the decay
+    want = d1 * d2 * d3 * start["weight"] + (1 - d1) * d2 * d3 * values[0] + (1 - d2) * d3 * values[1]
+    want += (1 - d3) * values[2]
     assert torch.allclose(ema.model.weight, want, atol=1e-6) and ema.model.num_batches_tracked == 3
     assert torch.equal(ema.model.running_mean, start["running_mean"])  # unchanged buffers stay put
     assert not ema.model.training and not any(p.requires_grad for p in ema.model.parameters())

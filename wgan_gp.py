@@ -12,7 +12,8 @@ Deviations from the paper / official code:
   norm; gan_cifar.py and gan_mnist.py have none but use Adam beta1 = 0.5 (MNIST: batch 50), not Alg. 1's 0.
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
 - Sample grids, interpolations and --generate come from an exponential moving average of G's weights, decay
-  0.999 (--ema; Yazici et al. 2019, arXiv:1806.04498), not from G; --ema 0 samples G itself. Training is unchanged.
+  0.999 after a warm-up (--ema; Yazici et al. 2019, arXiv:1806.04498), not from G; --ema 0 samples G. Training is
+  unchanged.
 - They run it in eval mode (BatchNorm running statistics, averaged too); every official code samples in train mode
   (the batch's own statistics), so compare FIDs only with eval-mode samples.
 """
@@ -225,7 +226,7 @@ def main(argv=None):
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
             step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
-            G_ema.update()  # plumbing, not Alg. 1: the average of G that samples come from
+            G_ema.update(it + 1)  # plumbing, not Alg. 1: the average of G that samples come from
             done = it + 1
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
                 if not stop.signal:
