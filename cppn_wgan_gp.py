@@ -299,8 +299,8 @@ def main(argv=None):
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
             step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
-            G_ema.update(it + 1)  # plumbing, not Alg. 1: the average of G that samples come from
             done = it + 1
+            G_ema.update(done)  # plumbing, not Alg. 1: the average of G that samples come from
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
                 if not stop.signal:
                     continue  # no host sync between reports

@@ -212,7 +212,7 @@ class EMA:
     "The Unusual Effectiveness of Averaging in GAN Training", 2019, arXiv:1806.04498): update(n) after the model's
     n-th step sets avg <- d * avg + (1 - d) * current, d = min(decay, (1 + n) / (10 + n)). That warm-up (TensorFlow's
     ExponentialMovingAverage with num_updates) forgets the random start within the first iterations; d reaches
-    0.999 at n = 8,991. It starts as the model's copy; decay 0 keeps it equal to the model. It only reads the
+    0.999 at n = 8,990. It starts as the model's copy; decay 0 keeps it equal to the model. It only reads the
     model: training is unchanged. Kept in eval mode, without gradients."""
 
     def __init__(self, model, decay):
