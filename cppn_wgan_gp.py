@@ -27,8 +27,8 @@ Deviations from the paper / official code:
   500 where 1x scored 3,505 and 1,958 (3x: 2,146 and 579; 30x: 1,195 and 654; wgan_gp.py's generator 1,250 and
   309); at 1,000, 1,500, 2,000, 2,500, 3,000, 3,500 and 4,000 iterations 10x scored 224, 120, 72, 130, 84, 73 and
   116, wgan_gp.py 140, 90, 76, 53, 47, 46 and 39 (1x at 1,000: 574); at 8,000 10x scored 81 (its five reports
-  from 7,000 to 8,000 average 74, wgan_gp.py's from 3,000 to 4,000 45.5). These are scores of G itself; the
-  --ema average of the same run's reports scores 29 at 8,000 (README: CPPN).
+  from 7,000 to 8,000 average 74, wgan_gp.py's from 3,000 to 4,000 45.5). These are scores of G itself; sampled
+  from the --ema average, the CPPN scores 24 at 8,000 (resumed at 6,000) and wgan_gp.py 34 at 4,000 (README: CPPN).
 - z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's CPPN code draws a 32-d uniform z and multiplies it by the
   coordinate scale.
 - Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, average-pooled by 4, comes close
