@@ -9,16 +9,19 @@ The generator maps one pixel's coordinates (x, y) and z to that pixel's value, s
 
 Deviations from the paper / official code:
 - The critic, the training and their deviations are wgan_gp.py's (see its header).
-- The CPPN is not Ha's: his feeds raw (x, y, r) and z into the first of four tanh layers only, with default
-  initialisation. That generator learned far slower than wgan_gp.py's (on held-out handwritten digits, FID 127
-  at 8,000 iterations against 16 at 4,000). tools/cppn_lab.py shows why: at the start its first layer is saturated
-  by the coordinates, its output barely depends on z, and with the training's Adam it fits a set of images hardly
-  better than their mean. Here, each pixel still a function of its own coordinates and z alone:
-  - the coordinates enter as Fourier features [sin, cos](F (x, y)), F ~ N(0, 1) fixed (Tancik et al. 2020,
-    arXiv:2006.10739), x, y in [-s, s] with s = 2 (--coord-scale; Ha's code: 8, raw, with r);
+- The CPPN is not Ha's. His GAN code (cppn-gan-vae-tensorflow) feeds raw (x, y, r) and z * s into a softplus
+  layer, then 3 tanh layers, weights N(0, 0.1); his random-art code (cppn-tensorflow) into the first of 4 tanh
+  layers, weights N(0, 1). The random-art layout with PyTorch's default initialisation and z unscaled (cppn_lab.py's
+  "base") learned far slower than wgan_gp.py's generator (on held-out handwritten digits, FID 127 at 8,000
+  iterations against 16 at 4,000). tools/cppn_lab.py shows why: at the start its first layer is saturated by the
+  coordinates, its output barely depends on z, and with the training's Adam it fits a set of images hardly better
+  than their mean. Here, each pixel still a function of its own coordinates and z alone:
+  - the coordinates enter as 128 Fourier features [sin, cos](F (x, y)), 64 frequencies F ~ N(0, 1) fixed (Tancik
+    et al. 2020, arXiv:2006.10739), x, y in [-s, s] with s = 2 (--coord-scale; Ha's code: 8, raw, with r);
   - z also scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871; the
     per-pixel CIPS generator, Anokhin et al. 2020, arXiv:2011.13775, modulates every layer by z too);
-  - weights N(0, 1/fan_in); the first layer's input gets variance 1 from the pixel and 1/2 from z.
+  - weights N(0, 1/fan_in); the first layer's input gets variance 1 from the pixel and 1/2 from z;
+  - tanh from the first layer on (Ha's GAN code: softplus first), and a tanh output (below).
 - The CPPN's Adam alpha is 10x the critic's (1e-3 against Alg. 1's 1e-4 for both; --cppn-lr-mul). Adam moves each
   weight about alpha a step whatever its gradient's scale, so what counts is alpha against the weights' size: the
   CPPN's hidden layers start at std 1/sqrt(128) = 0.09, the DCGAN generator's at 0.02 (with BatchNorm after all but
@@ -29,8 +32,8 @@ Deviations from the paper / official code:
   116, wgan_gp.py 140, 90, 76, 53, 47, 46 and 39 (1x at 1,000: 574); at 8,000 10x scored 81 (its five reports
   from 7,000 to 8,000 average 74, wgan_gp.py's from 3,000 to 4,000 45.5). These are scores of G itself; sampled
   from the --ema average, the CPPN scores 24 at 8,000 (resumed at 6,000) and wgan_gp.py 34 at 4,000 (README: CPPN).
-- z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's CPPN code draws a 32-d uniform z and multiplies it by the
-  coordinate scale.
+- z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's codes multiply their 32-d z (GAN code: normal; random-art code:
+  uniform in [-1, 1]) by the coordinate scale.
 - Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, average-pooled by 4, comes close
   to the one at S (equal only where the network is linear across a pixel; test_cppn.py bounds the gap).
 - The output is tanh into [-1, 1], like the data (the known CPPN-WGAN-GP code's CIFAR-10 script ends in a sigmoid,
@@ -148,14 +151,16 @@ def gradient_penalty(critic, x_real, x_fake):
 
 @torch.no_grad()
 def render(G, z, size, out, n=4, steps=6):
-    """The first n fixed z drawn at size x size (a PNG grid), and a looping slerp through them (a GIF)."""
+    """The first n fixed z drawn at size x size (a PNG grid), and a looping slerp through them (a GIF). Each image is
+    drawn alone and each GIF frame written as soon as it is drawn: memory holds the grid and one frame, whatever the
+    number of frames."""
     if size < 1:
         raise SystemExit(f"error: --render {size}: the size must be a positive number of pixels")
     samples = torch.cat([G(z[i : i + 1], size).cpu() for i in range(n)])  # one at a time: bounded memory
     data.save_grid(samples, os.path.join(out, f"render_{size}.png"), nrow=2)
     t = torch.linspace(0, 1, steps + 1, device=z.device)[:-1]  # steps frames from each z to the next
     path = data.slerp(z[:n], z[list(range(1, n)) + [0]], t).flatten(0, 1)  # (n * steps, z_dim), back to the start
-    data.save_gif([G(p[None], size)[0].cpu() for p in path], os.path.join(out, f"interpolation_{size}.gif"))
+    data.save_gif((G(p[None], size)[0] for p in path), os.path.join(out, f"interpolation_{size}.gif"))
     print(f"wrote render_{size}.png and interpolation_{size}.gif to {out}")
 
 
@@ -209,7 +214,7 @@ def get_args(argv=None):
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")
     p.add_argument("--sample-every", type=int, default=1000, help="sample grid (default: 1000)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint (default: 1000)")
-    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pt up to --iters")
+    p.add_argument("--resume", metavar="CKPT", help=f"continue a checkpoint.pt up to --iters; {data.RESUME_RULE}")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="with --resume: write N PNGs and exit")
     p.add_argument("--render", type=int, default=0, metavar="SIZE", help="with --resume: draw at SIZE and exit")
     args = p.parse_args(argv)
@@ -219,18 +224,16 @@ def get_args(argv=None):
         args = p.parse_args(argv)
         args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
     args.out = args.out or f"runs/{os.path.basename(__file__)[:-3]}-{args.dataset}"
-    args.size = args.size or data.NATIVE_SIZE.get(args.dataset, 64)
-    data.check_flags(args, ckpt)  # ranges; on --resume, network sizes and --iters against the checkpoint
+    args.size = data.NATIVE_SIZE.get(args.dataset, 64) if args.size is None else args.size
+    data.check_flags(args, ckpt)  # ranges; on --resume, what the checkpoint fixes; --out free
     if (args.generate or args.render) and not ckpt:
         raise SystemExit("error: --generate N and --render SIZE need --resume CKPT")
-    if not ckpt and os.path.exists(os.path.join(args.out, "checkpoint.pt")):
-        raise SystemExit(f"error: {args.out} holds a run already; continue it with --resume or choose --out")
     return args, ckpt
 
 
 def main(argv=None):
     args, ckpt = get_args(argv)
-    device = data.pick_device(args.device)
+    device = data.pick_device(args.device, args.cuda_graph)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -244,25 +247,15 @@ def main(argv=None):
     channels = ckpt["channels"] if ckpt else x.shape[1]
     G = Generator(args.z_dim, channels, args.size, args.cppn_width, args.cppn_depth, args.coord_scale).to(device)
     D = Critic(channels, args.size, args.width).to(device)
-    cuda = device.type == "cuda"  # capturable optimizers: the eager and the --cuda-graph path compute the same
+    graph = bool(args.cuda_graph)  # capturable optimizers (state on the GPU, as a graph needs) only for a graph
     lr_G = args.lr * args.cppn_lr_mul  # the CPPN's step size (see the header)
-    opt_G = torch.optim.Adam(G.parameters(), lr=lr_G, betas=(args.beta1, args.beta2), capturable=cuda)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), capturable=cuda)
+    opt_G = torch.optim.Adam(G.parameters(), lr=lr_G, betas=(args.beta1, args.beta2), capturable=graph)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), capturable=graph)
     fixed_z = torch.randn(64, args.z_dim, device=device)  # one z for every sample grid
+    G_ema = data.EMA(G, args.ema)  # samples come from this average of G's weights; --ema 0: from G itself
     start, seconds = 0, 0.0
-    if ckpt:
-        try:
-            for m, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")):
-                m.load_state_dict(ckpt[key])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise SystemExit(f"error: {args.resume} does not fit these settings ({str(e).splitlines()[0]})") from None
-        start, seconds, fixed_z = ckpt["iter"], ckpt["seconds"], ckpt["fixed_z"].to(device)
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        if device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    G_ema = data.EMA(G, args.ema)  # samples come from it; one from a checkpoint without it starts at the loaded G
-    if ckpt and "G_ema" in ckpt:
-        G_ema.model.load_state_dict(ckpt["G_ema"])
+    if ckpt:  # the checkpoint's weights, optimizer, average and random state; this run's flags (lr, betas, ...)
+        start, seconds, fixed_z = data.restore(ckpt, args, device, G, D, opt_G, opt_D, G_ema)
     if args.render:  # --resume CKPT --render SIZE
         render(G_ema.model, fixed_z, args.render, args.out)
         return
@@ -277,13 +270,10 @@ def main(argv=None):
         return
 
     def save(done):  # atomic; holds everything a resume needs to continue exactly
-        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
         state = {"G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict()}
-        state["G_ema"] = G_ema.model.state_dict()
-        state |= {"iter": done, "seconds": seconds + time.time() - t0, "rng": rng, "fixed_z": fixed_z.cpu()}
-        data.save_checkpoint(
-            state | {"args": vars(args), "channels": channels}, os.path.join(args.out, "checkpoint.pt")
-        )
+        state |= {"G_ema": G_ema.model.state_dict(), "rng": data.rng_state(device), "fixed_z": fixed_z.cpu()}
+        state |= {"iter": done, "seconds": seconds + time.time() - t0, "args": vars(args), "channels": channels}
+        data.save_checkpoint(state, os.path.join(args.out, "checkpoint.pt"))
 
     def sample(name, z, nrow=8):
         with torch.no_grad():
@@ -292,9 +282,9 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     data.save_real_grid(x, os.path.join(args.out, "real_samples.png"))  # the data as trained on
     names = ["loss_D", "loss_G", "w_dist", "gp"]
-    log = data.MetricsLog(args.out, names, start)
+    log = data.MetricsLog(args.out, names, start, args.resume)
     batches = data.batches(x, args.batch_size)
-    step = data.CudaGraphed(train_step, args.cuda_graph and cuda)  # train_step, or its CUDA graph replayed
+    step = data.CudaGraphed(train_step, graph)  # train_step, or its CUDA graph replayed
     stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
@@ -321,13 +311,14 @@ def main(argv=None):
                 sample(f"samples_{done:07d}.png", fixed_z)
             if done % args.ckpt_every == 0 or stop.signal:
                 save(done)
-            if stop.signal:
+            if stop.signal and done < args.iters:  # at the last iteration the run ends as usual
                 path = os.path.join(args.out, "checkpoint.pt")
                 raise SystemExit(f"interrupted by {stop.signal}: saved iteration {done}; continue with --resume {path}")
-    save(done)
-    g = torch.Generator().manual_seed(args.seed)  # own generator: the training RNG stream is left untouched
-    z0, z1 = torch.randn(2, 8, args.z_dim, generator=g).to(device)  # 8 rows, each a pair of endpoints
-    sample("interpolation.png", data.slerp(z0, z1, torch.linspace(0, 1, 10, device=device)).flatten(0, 1), nrow=10)
+        save(done)  # a signal from here on only prints: the run ends as it would have
+        g = torch.Generator().manual_seed(args.seed)  # own generator: the training RNG stream is left untouched
+        z0, z1 = torch.randn(2, 8, args.z_dim, generator=g).to(device)  # 8 rows, each a pair of endpoints
+        z = data.slerp(z0, z1, torch.linspace(0, 1, 10, device=device)).flatten(0, 1)
+        sample("interpolation.png", z, nrow=10)
     print(f"done: {done} iterations; outputs in {args.out}")
 
 

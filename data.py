@@ -12,7 +12,7 @@ import signal
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageOps
+from PIL import GifImagePlugin, Image, ImageDraw, ImageOps
 from torchvision import datasets
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import save_image
@@ -22,6 +22,7 @@ GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # On --resume these are this run's, never the checkpoint's: they say where and how it runs, not what it trains.
 NOT_INHERITED = {"resume", "generate", "render", "out", "device", "cuda_graph"}
 NETWORK_FLAGS = ["size", "z_dim", "width", "cppn_width", "cppn_depth"]  # fixed by a checkpoint's weights
+RESUME_RULE = "flags given take effect (network sizes must match); the rest comes from the checkpoint"
 FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of the four scripts it applies to)
     ">= 1": (
         lambda v: v >= 1,
@@ -34,32 +35,58 @@ FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of th
 }
 
 
-def check_flags(args, ckpt):
-    """Every numeric flag in its range; on --resume, the network sizes and --iters against the checkpoint."""
+def check_ranges(args):
+    """Every numeric flag in its range."""
     for allowed, (ok, names) in FLAG_RANGES.items():
         for name in names.split():
             v = getattr(args, name, None)
             if v is not None and not (math.isfinite(v) and ok(v)):
                 raise SystemExit(f"error: --{name.replace('_', '-')} {v} is out of range; allowed: {allowed}")
-    if not ckpt:
-        return
-    for name in NETWORK_FLAGS:
-        if name in ckpt["args"] and getattr(args, name) != ckpt["args"][name]:
-            flag, was = name.replace("_", "-"), ckpt["args"][name]
-            raise SystemExit(f"error: --{flag} {getattr(args, name)} does not match the checkpoint's --{flag} {was}")
-    if not (args.generate or getattr(args, "render", 0)) and args.iters <= ckpt["iter"]:
-        raise SystemExit(
-            f"error: --iters {args.iters} is not above the checkpoint's iteration {ckpt['iter']}: nothing to train"
-        )
 
 
-def pick_device(name):
-    """--device auto|cpu|cuda|cuda:N -> torch.device; auto takes CUDA when present."""
+def check_flags(args, ckpt):
+    """check_ranges; on --resume, what the checkpoint fixes (the network sizes, and for training --coord-scale) and
+    --iters against its iteration; last, a training run's --out must not hold another run."""
+    check_ranges(args)
+    training = not (args.generate or getattr(args, "render", 0))
+    if ckpt:
+        for name in NETWORK_FLAGS + (["coord_scale"] if training else []):  # a drawing may use another scale
+            if name in ckpt["args"] and getattr(args, name) != ckpt["args"][name]:
+                flag, was = name.replace("_", "-"), ckpt["args"][name]
+                raise SystemExit(
+                    f"error: --{flag} {getattr(args, name)} does not match the checkpoint's --{flag} {was}"
+                )
+        if training and args.iters <= ckpt["iter"]:
+            raise SystemExit(
+                f"error: {args.resume} has reached its --iters {args.iters}; give a larger --iters to train on"
+                if args.iters == ckpt["args"]["iters"]
+                else f"error: --iters {args.iters} is not above the checkpoint's iteration {ckpt['iter']}"
+            )
+    held = os.path.join(args.out, "checkpoint.pt")
+    if training and os.path.exists(held) and not (ckpt and os.path.samefile(held, args.resume)):
+        raise SystemExit(f"error: {args.out} holds a run already; continue it with --resume {held} or choose --out")
+
+
+def pick_device(name, cuda_graph=False):
+    """--device auto|cpu|cuda|cuda:N -> torch.device; auto takes CUDA when present. A CUDA device is made the current
+    one, so that streams and graphs (--cuda-graph) are on it too."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {name} asked for, but this torch ({torch.__version__}) sees no CUDA GPU")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"error: --device {name} is not one of auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda":
+        index, n = torch.cuda.current_device() if device.index is None else device.index, torch.cuda.device_count()
+        if index >= n:
+            raise SystemExit(f"error: --device {name}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
+    if cuda_graph and device.type != "cuda":
+        raise SystemExit(f"error: --cuda-graph needs a CUDA device; this run is on {device}")
+    return device
 
 
 def load_dataset(name, root, size, device, channels=None):
@@ -180,9 +207,17 @@ def export_images(x, out, n=None):
 
 
 def save_gif(frames, path, ms=80):
-    """Save images in [-1, 1], each (C, H, W), as a looping animated GIF."""
-    pil = [to_pil_image(f.float().mul(0.5).add(0.5).clamp(0, 1).cpu()) for f in frames]
-    pil[0].save(path, save_all=True, append_images=pil[1:], duration=ms, loop=0)
+    """Save images in [-1, 1], each (C, H, W), as a looping animated GIF, written one frame at a time (from any
+    iterable, a generator included): memory holds one frame whatever their size and number. Gray frames share the
+    file's gray palette; RGB frames each carry their own (Pillow's adaptive one), as Pillow's own GIF writer makes."""
+    with open(path, "wb") as f:
+        for i, frame in enumerate(frames):
+            im = to_pil_image(frame.float().mul(127.5).add(127.5).round().clamp(0, 255).to(torch.uint8).cpu())
+            im = im if im.mode == "L" else im.convert("P", palette=Image.Palette.ADAPTIVE)
+            if i == 0:  # the file's header: size, the first palette, loop forever
+                f.write(b"".join(GifImagePlugin.getheader(im, info={"loop": 0})[0]))
+            f.write(b"".join(GifImagePlugin.getdata(im, duration=ms, include_color_table=True)))
+        f.write(b";")  # the GIF trailer
 
 
 def slerp(z0, z1, t):
@@ -196,6 +231,43 @@ def save_checkpoint(obj, path):
     """torch.save to a temporary file, then an atomic rename: a crash never leaves half a checkpoint."""
     torch.save(obj, path + ".tmp")
     os.replace(path + ".tmp", path)
+
+
+def restore(ckpt, args, device, G, D, opt_G, opt_D, G_ema):
+    """Load a checkpoint's weights, optimizer state and G's average (with --ema 0: G, so that samples come from G);
+    the optimizers keep this run's hyper-parameters (--lr, the betas, capturable for --cuda-graph), not the
+    checkpoint's. The random state continues the checkpoint's unless --seed changed. Prints one line: the
+    checkpoint, its iteration, the target and the flags that changed. Returns (iteration, seconds, fixed_z)."""
+    try:
+        G.load_state_dict(ckpt["G"])
+        D.load_state_dict(ckpt["D"])
+        G_ema.model.load_state_dict(ckpt["G_ema"] if args.ema and "G_ema" in ckpt else ckpt["G"])
+        for opt, saved in ((opt_G, ckpt["opt_G"]), (opt_D, ckpt["opt_D"])):
+            mine = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            groups = [s | g for s, g in zip(saved["param_groups"], mine, strict=True)]
+            opt.load_state_dict(saved | {"param_groups": groups})
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise SystemExit(f"error: {args.resume} does not fit these settings ({str(e).splitlines()[0]})") from None
+    if args.seed == ckpt["args"]["seed"]:
+        set_rng_state(ckpt["rng"], device)
+    old = {k: v for k, v in ckpt["args"].items() if k not in NOT_INHERITED}  # those are this run's: never "changed"
+    changed = [f"--{k.replace('_', '-')} {v} -> {getattr(args, k)}" for k, v in old.items() if getattr(args, k, v) != v]
+    todo = "" if args.generate or getattr(args, "render", 0) else f" to train to {args.iters}"
+    print(f"resumed {args.resume} at iteration {ckpt['iter']}{todo} on {device}; changed: {', '.join(changed) or '-'}")
+    return ckpt["iter"], ckpt["seconds"], ckpt["fixed_z"].to(device)
+
+
+def rng_state(device):
+    """The random state a checkpoint holds: the CPU's, and on CUDA the training device's only."""
+    return {"cpu": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
+
+
+def set_rng_state(rng, device):
+    """rng_state's inverse, onto this run's device, whichever GPU trained (older checkpoints hold every GPU's state:
+    GPU 0's is taken)."""
+    torch.set_rng_state(rng["cpu"])
+    if device.type == "cuda" and rng["cuda"]:
+        torch.cuda.set_rng_state(rng["cuda"][0], device)
 
 
 def load_checkpoint(path):
@@ -212,8 +284,8 @@ class EMA:
     "The Unusual Effectiveness of Averaging in GAN Training", 2019, arXiv:1806.04498): update(n) after the model's
     n-th step sets avg <- d * avg + (1 - d) * current, d = min(decay, (1 + n) / (10 + n)). That warm-up (TensorFlow's
     ExponentialMovingAverage with num_updates) forgets the random start within the first iterations; d reaches
-    0.999 at n = 8,990. It starts as the model's copy; decay 0 keeps it equal to the model. It only reads the
-    model: training is unchanged. Kept in eval mode, without gradients."""
+    0.999 at n = 8,990. It starts as the model's copy; decay 0 keeps it equal to the model. It only reads the model:
+    training is unchanged. Kept in eval mode, without gradients."""
 
     def __init__(self, model, decay):
         self.model, self.decay = copy.deepcopy(model).eval().requires_grad_(False), decay
@@ -281,19 +353,28 @@ class Stop:
 
 
 class MetricsLog:
-    """metrics.csv, kept across resumes, and metrics.png: one panel per column, redrawn on every write."""
+    """metrics.csv and metrics.png (one panel per column), both rewritten atomically on every write. A resumed run
+    (resume: the checkpoint's path) starts from the rows of the checkpoint's folder up to its iteration."""
 
-    def __init__(self, out, columns, start_iter):
+    def __init__(self, out, columns, start_iter, resume=None):
         self.out, self.columns, self.rows = out, ["iter", *columns, "seconds"], []
-        if os.path.exists(os.path.join(out, "metrics.csv")):  # a resumed run keeps the rows up to its checkpoint
-            with open(os.path.join(out, "metrics.csv")) as f:
+        old = os.path.join(os.path.dirname(resume or ""), "metrics.csv")
+        if resume and os.path.exists(old):
+            with open(old) as f:
                 self.rows = [[float(v) for v in r] for r in list(csv.reader(f))[1:] if int(r[0]) <= start_iter]
+            self.append()  # rows past the checkpoint go now, not at the first report
 
-    def append(self, row):  # rewrites the whole (small) file, so it always matches the checkpoint's past
-        self.rows.append(row)
-        with open(os.path.join(self.out, "metrics.csv"), "w", newline="") as f:
+    def append(self, *row):  # rewrites the whole (small) file, so it always matches the checkpoint's past
+        self.rows += row
+        with open(os.path.join(self.out, "metrics.csv.tmp"), "w", newline="") as f:
             csv.writer(f).writerows([self.columns, *([int(r[0]), *(f"{v:.6g}" for v in r[1:])] for r in self.rows)])
-        self.plot(os.path.join(self.out, "metrics.png"))
+        os.replace(os.path.join(self.out, "metrics.csv.tmp"), os.path.join(self.out, "metrics.csv"))
+        png = os.path.join(self.out, "metrics.png")
+        if self.rows:
+            self.plot(png + ".tmp")
+            os.replace(png + ".tmp", png)
+        elif os.path.exists(png):  # a resume from before the first report: no curve yet
+            os.remove(png)
 
     def plot(self, path, w=480, h=170):
         """One panel per metric against iter: its last value on top, its min and max at the left, the first, middle
@@ -319,7 +400,7 @@ class MetricsLog:
             ]
             draw.line(xy, fill="navy", width=2)
             draw.ellipse([xy[-1][0] - 3, xy[-1][1] - 3, xy[-1][0] + 3, xy[-1][1] + 3], fill="navy")  # the last row
-        img.save(path)
+        img.save(path, "PNG")
 
 
 def main(argv=None):
@@ -330,8 +411,8 @@ def main(argv=None):
     p.add_argument("--export", required=True, metavar="DIR", help="folder to write the PNGs to")
     p.add_argument("--n", type=int, help="how many, picked at random (default: all)")
     args = p.parse_args(argv)
-    args.size = args.size or NATIVE_SIZE.get(args.dataset, 64)
-    check_flags(args, None)
+    args.size = NATIVE_SIZE.get(args.dataset, 64) if args.size is None else args.size
+    check_ranges(args)
     x = load_dataset(args.dataset, args.data_root, args.size, torch.device("cpu"))
     print(f"wrote {export_images(x, args.export, args.n)} images of {tuple(x.shape[1:])} to {args.export}")
 

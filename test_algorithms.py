@@ -204,9 +204,9 @@ LEARNING = {  # script: (iterations, {stat: (low, high)})
         "w_dist": (-5, 5),  # correct 0.49..1.50; loss_D sign flipped -13.7..-13.4; loss_G flipped 11.0..13.7
         "gp": (0, 0.05),  # correct 0.005..0.016; loss_D sign flipped 0.215..0.220; loss_G flipped 0.154..0.218
     }),
-    # Ha's CPPN learned slowly (at 500 iterations 4 of 10 seeds held one mode; at 800 none of 20). The Fourier-
-    # feature, FiLM CPPN that replaced it was measured at 800 on seeds 0-13: all 14 passed; with its Adam alpha at
-    # 10x (--cppn-lr-mul 10, the default) all 14 passed again, with the ranges below.
+    # The Ha-style CPPN (cppn_lab.py's base) learned slowly (at 500 iterations 4 of 10 seeds held one mode; at 800
+    # none of 20). The Fourier-feature, FiLM CPPN that replaced it was measured at 800 on seeds 0-13: all 14 passed;
+    # with its Adam alpha at 10x (--cppn-lr-mul 10, the default) all 14 passed again, with the ranges below.
     "cppn_wgan_gp": (800, {
         "bright": (0.15, 0.85),  # correct 0.45..0.63 (both modes)
         "near": (0.25, 1.01),  # correct 0.97..0.99

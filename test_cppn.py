@@ -2,13 +2,16 @@
 
 import subprocess
 import sys
+import weakref
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 import cppn_wgan_gp as cppn
+import data
 from test_smoke import TINY, make_folder, run
 
 
@@ -58,6 +61,46 @@ def test_2048_render_runs_on_cpu_with_bounded_memory():
     # Seen (torch 2.14.1): chunked 225-1,507 MiB over 29 runs, 16 of them <= 266, on one thread too (probably the
     # heap's reuse of the freed ~16 MB chunks varying run to run); one pass 5,219 (twice).
     assert grew < 2500, f"rendering 2048x2048 grew the process by {grew} MiB"
+
+
+class FrameCounter:
+    """A generator that draws random images and counts, at each call, how many of its earlier GIF frames are still
+    held by someone (the first n calls are the PNG grid's samples)."""
+
+    def __init__(self, n):
+        self.n, self.frames, self.most_held = n, [], 0
+
+    def __call__(self, z, size):
+        self.most_held = max(self.most_held, sum(f() is not None for f in self.frames))
+        x = torch.rand(1, 3, size, size) * 2 - 1
+        if self.n:
+            self.n -= 1
+        else:
+            self.frames.append(weakref.ref(x))
+        return x
+
+
+def test_render_holds_one_gif_frame_at_a_time(tmp_path):
+    G = FrameCounter(n=2)
+    cppn.render(G, torch.randn(2, 8), 64, str(tmp_path), n=2, steps=5)
+    with Image.open(tmp_path / "interpolation_64.gif") as gif:
+        assert gif.n_frames == 10 == len(G.frames)
+    assert G.most_held <= 1, f"{G.most_held} frames held at once"  # the one being written may still be referenced
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_gif_frames_are_the_images(channels, tmp_path):
+    levels = torch.tensor([0, 51, 102, 153, 204, 255], dtype=torch.float32)  # few colours: an exact palette
+    g = torch.Generator().manual_seed(0)
+    frames = [levels[torch.randint(6, (channels, 20, 30), generator=g)] / 127.5 - 1 for _ in range(4)]
+    data.save_gif(iter(frames), str(tmp_path / "a.gif"), ms=120)
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert gif.n_frames == 4 and gif.info["loop"] == 0 and gif.size == (30, 20)
+        for k, frame in enumerate(frames):
+            gif.seek(k)
+            assert gif.info["duration"] == 120
+            got = torch.from_numpy(np.array(gif.convert("RGB"))).permute(2, 0, 1).float()
+            assert torch.equal(got, ((frame + 1) * 127.5).round().expand(3, -1, -1)), k
 
 
 @pytest.mark.parametrize("gray", [True, False])

@@ -1,8 +1,10 @@
 """--cuda-graph. On the CPU: data.CudaGraphed's bookkeeping against a fake CUDA. On a GPU (skipped without CUDA;
-CI has none): replays compute exactly what eager steps compute. The GPU tests have not been run yet: no GPU was
-lent to the session that wrote them."""
+CI has none): replays compute exactly what eager steps compute, on a second GPU too, and the CLI's CUDA paths (graphed,
+eager, a CPU checkpoint resumed graphed). The GPU tests have not been run yet: no GPU was lent to the sessions that
+wrote them."""
 
 import contextlib
+import csv
 import importlib
 
 import pytest
@@ -67,13 +69,13 @@ def deterministic():
      torch.backends.cuda.matmul.allow_tf32) = saved  # fmt: skip
 
 
-def train(script, graphed):
+def train(script, graphed, device="cuda"):
     """The script's train_step for len(SCHEDULE) iterations on random data, eagerly or through data.CudaGraphed."""
     module = importlib.import_module(script)
     args, _ = module.get_args(["--dataset", "folder", "--out", "unused", "--size", "16", "--batch-size", "16",
                                "--z-dim", "16", "--width", "16"])  # fmt: skip
     torch.manual_seed(0)
-    device = torch.device("cuda")
+    device = data.pick_device(device)  # and made the current device, as the scripts do
     x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, device=device)
     G, D = module.Generator(16, 3, 16, 16).to(device), module.Critic(3, 16, 16).to(device)
     if script == "wgan":
@@ -98,19 +100,52 @@ def test_graphed_equals_eager(script, deterministic):
     assert torch.equal(stats_e, stats_g) and torch.equal(rng_e, rng_g)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_graphed_equals_eager_on_a_second_gpu(script, deterministic):
+    try:
+        (eager, stats_e, _), (graphed, stats_g, _) = train(script, False, "cuda:1"), train(script, True, "cuda:1")
+    finally:
+        torch.cuda.set_device(0)
+    assert all(torch.equal(eager[k], graphed[k]) for k in eager) and torch.equal(stats_e, stats_g)
+
+
 @needs_cuda
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_graphed_cli_run_samples_checkpoints_generates_and_resumes(script, tmp_path):
     folder = make_folder(tmp_path / "img")
-    common = ["--dataset", "folder", "--data-root", folder, "--size", 16, "--device", "cuda", "--cuda-graph", *TINY]
-    run(script, *common, "--iters", 8, "--sample-every", 4, "--ckpt-every", 4, "--out", tmp_path / "run")
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert ckpt["iter"] == 8 and all(torch.isfinite(v).all() for v in ckpt["G"].values())
-    assert (tmp_path / "run" / "samples_0000004.png").exists() and (tmp_path / "run" / "samples_0000008.png").exists()
-    run(script, "--resume", tmp_path / "run" / "checkpoint.pt", "--iters", 12)  # loaded before capture
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iter"] == 12
-    run(script, "--resume", tmp_path / "run" / "checkpoint.pt", "--generate", 3)
-    assert len(list((tmp_path / "run" / "generated").iterdir())) == 3
+    gpu = f"cuda:{torch.cuda.device_count() - 1}"  # the second GPU where there are two: graphs must be captured there
+    common = ["--dataset", "folder", "--data-root", folder, "--size", 16, "--device", gpu, *TINY]
+    try:
+        run(script, *common, "--cuda-graph", "--iters", 8, "--sample-every", 4, "--ckpt-every", 4, "--out",
+            tmp_path / "run")  # fmt: skip
+        ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+        assert ckpt["iter"] == 8 and all(torch.isfinite(v).all() for v in ckpt["G"].values())
+        assert ckpt["opt_G"]["param_groups"][0]["capturable"] and ckpt["opt_D"]["param_groups"][0]["capturable"]
+        with open(tmp_path / "run" / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["iter"] for r in rows] == ["2", "4", "6", "8"]
+        assert all(float(r["loss_D"]) != 0 for r in rows)  # 5 to 8 are replays: an empty graph would log 0
+        assert (tmp_path / "run" / "samples_0000004.png").exists() and (
+            tmp_path / "run" / "samples_0000008.png"
+        ).exists()
+        run(
+            script, "--resume", tmp_path / "run" / "checkpoint.pt", "--cuda-graph", "--iters", 12
+        )  # loaded before capture
+        assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["iter"] == 12
+        run(script, "--resume", tmp_path / "run" / "checkpoint.pt", "--generate", 3)
+        assert len(list((tmp_path / "run" / "generated").iterdir())) == 3
+        run(script, *common, "--iters", 2, "--out", tmp_path / "eager")  # eager CUDA: plain optimizers
+        assert not torch.load(tmp_path / "eager" / "checkpoint.pt", weights_only=True)["opt_G"]["param_groups"][0][
+            "capturable"
+        ]
+        cpu = [a if a != gpu else "cpu" for a in common]  # a CPU checkpoint, resumed on the GPU with --cuda-graph
+        run(script, *cpu, "--iters", 2, "--out", tmp_path / "cpu")
+        run(script, "--resume", tmp_path / "cpu" / "checkpoint.pt", "--device", gpu, "--cuda-graph", "--iters", 8)
+        ckpt = torch.load(tmp_path / "cpu" / "checkpoint.pt", weights_only=True)
+        assert ckpt["iter"] == 8 and ckpt["opt_D"]["param_groups"][0]["capturable"]
+    finally:
+        torch.cuda.set_device(0)
 
 
 def test_benchmark_prints_a_row_per_script_and_size(capsys):

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -52,7 +53,7 @@ def test_transparency_is_composited_onto_white(tmp_path):
     assert load(tmp_path / "la").flatten(1)[:, 0].tolist() == [255, 0]  # gray and alpha: still 1 channel
 
 
-BAD_FLAGS = [("--batch-size", 0), ("--iters", 0), ("--n-critic", 0), ("--lr", 0), ("--lr", "nan"),
+BAD_FLAGS = [("--size", 0), ("--batch-size", 0), ("--iters", 0), ("--n-critic", 0), ("--lr", 0), ("--lr", "nan"),
              ("--z-dim", 0), ("--width", -1), ("--log-every", 0), ("--sample-every", 0), ("--ckpt-every", 0),
              ("--generate", -3), ("--seed", -1), ("--ema", 1), ("--ema", -0.1)]  # fmt: skip
 OWN_BAD_FLAGS = {"wgan": [("--clip", 0)], "wgan_gp": [("--lam", -1), ("--beta1", 1)], "gan": [("--beta2", 1.5)],
@@ -69,6 +70,8 @@ def test_bad_numeric_flags_name_the_flag_and_range(script, tmp_path):
         msg = str(e.value)
         assert msg.startswith(f"error: {flag} ") and "allowed: " in msg and "\n" not in msg, (flag, msg)
         assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="--size 0 is out of range"):  # 0 is a size typed, not the default's
+        data.main(["--dataset", "folder", "--data-root", folder, "--size", "0", "--export", str(tmp_path / "x")])
 
 
 def train(script, folder, out, *extra):
@@ -81,14 +84,137 @@ def test_a_cuda_checkpoint_generates_and_resumes_on_a_cpu(script, tmp_path):
     ckpt_path = train(script, make_folder(tmp_path / "img"), tmp_path / "run", "--device", "cpu")
     ckpt = torch.load(ckpt_path, weights_only=True)
     ckpt["args"]["device"], ckpt["args"]["cuda_graph"] = "cuda", True  # as a run with --device cuda --cuda-graph wrote
+    for opt in ("opt_G", "opt_D"):  # its optimizers were capturable: float32 steps (map_location puts them on the CPU)
+        assert all(s["step"].dtype == torch.float32 for s in ckpt[opt]["state"].values())
+        ckpt[opt]["param_groups"][0]["capturable"] = True
     torch.save(ckpt, ckpt_path)
     run(script, "--resume", ckpt_path, "--generate", 2)  # no --device: this machine's, not the checkpoint's
     assert len(os.listdir(tmp_path / "run" / "generated")) == 2
     if script == "cppn_wgan_gp":
         run(script, "--resume", ckpt_path, "--render", 16)
-    run(script, "--resume", ckpt_path, "--iters", 4)
-    args = torch.load(ckpt_path, weights_only=True)["args"]
-    assert args["device"] == "auto" and not args["cuda_graph"]  # this run's, not the checkpoint's
+    run(script, "--resume", ckpt_path, "--iters", 4)  # capturable Adam/RMSprop on a CPU would stop at its first step
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["args"]["device"] == "auto" and not ckpt["args"]["cuda_graph"]  # this run's, not the checkpoint's
+    assert ckpt["iter"] == 4 and not ckpt["opt_G"]["param_groups"][0]["capturable"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_optimizer_flags_given_on_a_resume_take_effect(script, tmp_path, capsys):
+    ckpt_path = train(script, make_folder(tmp_path / "img"), tmp_path / "run")
+    before = torch.load(ckpt_path, weights_only=True)
+    betas = [] if script == "wgan" else ["--beta1", 0.5]  # RMSprop has none
+    run(script, "--resume", ckpt_path, "--iters", 3, "--lr", 1e-7, *betas)
+    after = torch.load(ckpt_path, weights_only=True)
+    weights = [k for k, v in before["D"].items() if v.is_floating_point() and "running_" not in k]  # not BatchNorm's
+    moved = max((after["D"][k] - before["D"][k]).abs().max().item() for k in weights)
+    assert 0 < moved < 1e-5, moved  # at the checkpoint's lr the critic's weights move by ~1e-4 (wgan: 5e-4)
+    (g,), (d,) = after["opt_G"]["param_groups"], after["opt_D"]["param_groups"]
+    assert d["lr"] == 1e-7 and g["lr"] == pytest.approx(1e-7 * (10 if script == "cppn_wgan_gp" else 1))
+    if betas:
+        assert g["betas"][0] == d["betas"][0] == 0.5
+    lr0 = {"gan": 2e-4, "wgan": 5e-5}.get(script, 1e-4)
+    assert f"resumed {ckpt_path} at iteration 2 to train to 3 on cpu; changed: --iters 2 -> 3, --lr {lr0} -> 1e-07" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_new_seed_on_a_resume_takes_effect(script, tmp_path):
+    """A new --seed starts a new random stream; the checkpoint's own --seed continues its stream exactly."""
+    ckpt_path = train(script, make_folder(tmp_path / "img"), tmp_path / "run")
+    for seed, out in ((0, "same"), (1, "other")):
+        run(script, "--resume", ckpt_path, "--iters", 3, "--seed", seed, "--out", tmp_path / out)
+    run(script, "--dataset", "folder", "--data-root", tmp_path / "img", "--size", 12, "--iters", 3, "--out",
+        tmp_path / "straight", *TINY)  # fmt: skip
+    a, b, c = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("straight", "same", "other"))
+    assert all(torch.equal(a["D"][k], b["D"][k]) for k in a["D"])
+    assert not all(torch.equal(a["D"][k], c["D"][k]) for k in a["D"]) and c["args"]["seed"] == 1
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_resume_never_overwrites_another_runs_checkpoint(script, tmp_path):
+    folder = make_folder(tmp_path / "img")
+    a, b = train(script, folder, tmp_path / "a"), train(script, folder, tmp_path / "b")
+    before = open(b, "rb").read()
+    with pytest.raises(SystemExit, match=f"error: {tmp_path / 'b'} holds a run already; continue it with --resume"):
+        run(script, "--resume", a, "--iters", 4, "--out", tmp_path / "b")
+    assert open(b, "rb").read() == before
+    run(script, "--resume", a, "--iters", 4, "--out", tmp_path / "c")  # a new folder: a branch of run a
+    assert torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["iter"] == 4
+    rows = (tmp_path / "c" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]  # a's history up to its checkpoint, then c's own
+    run(
+        script, "--resume", tmp_path / "c" / "checkpoint.pt", "--generate", 1, "--out", tmp_path / "b"
+    )  # trains nothing
+
+
+def test_metrics_are_cut_back_to_the_checkpoint_at_once_and_written_atomically(tmp_path, monkeypatch):
+    (tmp_path / "metrics.csv").write_text("iter,a,seconds\n2,1,1\n4,2,2\n6,3,3\n")  # rows past a checkpoint at 4
+    log = data.MetricsLog(str(tmp_path), ["a"], 4, str(tmp_path / "checkpoint.pt"))
+    assert (tmp_path / "metrics.csv").read_text() == "iter,a,seconds\n2,1,1\n4,2,2\n"  # before any new row
+    assert (tmp_path / "metrics.png").exists()
+
+    def broken_writer(f, **kw):  # a write that dies half-way (disk full, a kill)
+        f.write("iter,a")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data.csv, "writer", broken_writer)
+    with pytest.raises(OSError):
+        log.append([6, 5.0, 3.0])
+    assert (tmp_path / "metrics.csv").read_text() == "iter,a,seconds\n2,1,1\n4,2,2\n"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_signal_in_the_last_iteration_or_after_it_ends_the_run_normally(script, tmp_path, monkeypatch):
+    for owner, name in ((data.EMA, "update"), (data, "save_checkpoint"), (data, "slerp")):
+        real = getattr(owner, name)
+
+        def interrupted(
+            *a, real=real, owner=owner
+        ):  # Ctrl-C lands in the last (2nd) iteration, the final save, the interpolation
+            if owner is not data.EMA or a[-1] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*a)
+
+        monkeypatch.setattr(owner, name, interrupted)
+        try:
+            train(script, make_folder(tmp_path / "img"), tmp_path / name)  # no "interrupted": nothing left to resume
+        except KeyboardInterrupt:  # Python's own SIGINT handler: the signal was not caught
+            pytest.fail(f"KeyboardInterrupt during {name}")
+        monkeypatch.setattr(owner, name, real)
+        assert torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["iter"] == 2
+        assert (tmp_path / name / "interpolation.png").exists()
+
+
+class FakeCuda(types.SimpleNamespace):
+    """torch.cuda on a machine with `n` GPUs, none of them real: records set_device and set_rng_state."""
+
+    def __init__(self, n):
+        super().__init__(is_available=lambda: True, device_count=lambda: n, current_device=lambda: 0, calls=[])
+        self.set_device = lambda d: self.calls.append(("set_device", d))
+        self.set_rng_state = lambda state, d: self.calls.append(("set_rng_state", d)) if d.index < n else 1 / 0
+
+
+def test_devices_are_checked_and_made_current(monkeypatch):
+    monkeypatch.setattr(data.torch, "cuda", FakeCuda(2))
+    assert data.pick_device("cuda:1", cuda_graph=True) == torch.device("cuda", 1)
+    assert data.pick_device("cuda") == torch.device("cuda", 0)  # streams and graphs go to the current device
+    assert data.torch.cuda.calls == [("set_device", torch.device("cuda", 1)), ("set_device", torch.device("cuda", 0))]
+    for name, message in [("cuda:9", "--device cuda:9: this machine has 2 CUDA GPU(s), cuda:0 to cuda:1"),
+                          ("gpu", "--device gpu is not one of auto, cpu, cuda, cuda:N")]:  # fmt: skip
+        with pytest.raises(SystemExit) as e:
+            data.pick_device(name)
+        assert str(e.value) == f"error: {message}"
+    with pytest.raises(SystemExit, match="error: --cuda-graph needs a CUDA device; this run is on cpu"):
+        data.pick_device("cpu", cuda_graph=True)
+
+
+def test_a_checkpoint_from_a_machine_with_more_gpus_restores_on_this_one(monkeypatch):
+    fake = FakeCuda(1)
+    monkeypatch.setattr(data.torch, "cuda", fake)
+    rng = {"cpu": torch.get_rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}  # trained on 2 GPUs
+    data.set_rng_state(rng, torch.device("cuda", 0))
+    assert fake.calls == [("set_rng_state", torch.device("cuda", 0))]  # the training device's state, onto this one
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -101,13 +227,17 @@ def test_resume_mismatches_name_the_flag_and_both_values(script, tmp_path):
              (["--iters", 4, "--width", 16], "--width 16 does not match the checkpoint's --width 8"),
              (["--iters", 4, "--z-dim", 4], "--z-dim 4 does not match the checkpoint's --z-dim 8"),
              (["--iters", 1], "--iters 1 is not above the checkpoint's iteration 2"),
-             ([], "--iters 2 is not above the checkpoint's iteration 2: nothing to train")]  # fmt: skip
+             ([], "run/checkpoint.pt has reached its --iters 2; give a larger --iters to train on")]  # fmt: skip
+    if script == "cppn_wgan_gp":  # it changes what the trained CPPN computes; a drawing may change it (below)
+        cases.append((["--iters", 4, "--coord-scale", 3], "--coord-scale 3.0 does not match the checkpoint's --coord"))
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:
             run(script, "--resume", ckpt_path, *argv)
         assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value), argv
     assert open(ckpt_path, "rb").read() == before  # nothing rewritten
     run(script, "--resume", ckpt_path, "--generate", 1)  # --iters at the checkpoint's: fine when nothing trains
+    if script == "cppn_wgan_gp":
+        run(script, "--resume", ckpt_path, "--render", 8, "--coord-scale", 3)
 
 
 @pytest.mark.parametrize("script,flag", [("gan", "saturating"), ("wgan", "official-schedule")])

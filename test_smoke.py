@@ -87,24 +87,29 @@ def test_generate(script, folders, tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_samples_come_from_the_weight_average(script, folders, tmp_path):
+def test_samples_come_from_the_weight_average_and_with_ema_0_from_G(script, folders, tmp_path):
+    path = tmp_path / "checkpoint.pt"
     run(script, "--dataset", "folder", "--data-root", folders["gray"], "--size", 12, "--iters", 2, "--out", tmp_path,
-        "--ema", 0, *TINY)  # fmt: skip
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    for k in ckpt["G"]:  # decay 0: the average is G after every update (stays at G's start if update() is skipped)
+        *TINY)  # fmt: skip
+    run(script, "--resume", path, "--iters", 3, "--ema", 0)
+    ckpt = torch.load(path, weights_only=True)
+    for k in ckpt["G"]:  # decay 0: the average is G after every update
         assert torch.equal(ckpt["G_ema"][k], ckpt["G"][k]), k
-    *_, weight, bias = ckpt["G_ema"]  # the output layer of G's copy: 0 * h + 0.5, so every pixel is tanh(0.5)
-    ckpt["G_ema"][weight].zero_()
-    ckpt["G_ema"][bias].fill_(0.5)
-    torch.save(ckpt, tmp_path / "checkpoint.pt")
-    run(script, "--resume", tmp_path / "checkpoint.pt", "--generate", 3)
-    for i in range(3):  # round(127.5 * tanh(0.5) + 127.5) = 186; from G, the pixels would vary
-        with Image.open(tmp_path / "generated" / f"00000{i}.png") as im:
-            assert im.convert("L").getextrema() == (186, 186), im.getextrema()
-    if script == "cppn_wgan_gp":  # --render too; a grid's padding is black
-        run(script, "--resume", tmp_path / "checkpoint.pt", "--render", 20)
-        with Image.open(tmp_path / "render_20.png") as im:
-            assert im.convert("L").getextrema() == (0, 186), im.getextrema()
+    *_, weight, bias = ckpt["G"]  # the output layer: 0 * h + b, so every pixel is tanh(b)
+    for net, b in (("G_ema", 0.5), ("G", -0.5)):
+        ckpt[net][weight].zero_()
+        ckpt[net][bias].fill_(b)
+    ckpt["args"]["ema"] = 0.999
+    torch.save(ckpt, path)
+    for flags, level in (([], 186), (["--ema", 0], 69)):  # round(255 (1 + tanh(b)) / 2): the average's, G's
+        run(script, "--resume", path, "--generate", 3, *flags)
+        for i in range(3):
+            with Image.open(tmp_path / "generated" / f"00000{i}.png") as im:
+                assert im.convert("L").getextrema() == (level, level), (flags, im.getextrema())
+        if script == "cppn_wgan_gp":  # --render too; a grid's padding is black
+            run(script, "--resume", path, "--render", 20, *flags)
+            with Image.open(tmp_path / "render_20.png") as im:
+                assert im.convert("L").getextrema() == (0, level), (flags, im.getextrema())
 
 
 def test_ema_is_the_exponential_moving_average():

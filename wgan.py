@@ -11,6 +11,8 @@ Deviations from the paper / official code:
   generator E[D(G(z))]), so its critic and loss curves are the negatives of ours.
 - The official code clips at the start of each critic step, so the generator trains against an unclipped critic;
   here clipping follows each critic update (Alg. 1 l.7). Its 100-step critic schedule is --official-schedule.
+- z is 128-d (official: nz 100); G starts with a Linear layer from z, the critic ends with one, and the convs have
+  biases (official: convolutions only, no biases), as in the other scripts.
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
 - Sample grids, interpolations and --generate come from an exponential moving average of G's weights, decay
   0.999 after a warm-up (--ema; Yazici et al. 2019, arXiv:1806.04498), not from G; --ema 0 samples G. Training is
@@ -144,7 +146,7 @@ def get_args(argv=None):
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")
     p.add_argument("--sample-every", type=int, default=1000, help="sample grid (default: 1000)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint (default: 1000)")
-    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint.pt up to --iters")
+    p.add_argument("--resume", metavar="CKPT", help=f"continue a checkpoint.pt up to --iters; {data.RESUME_RULE}")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="with --resume: write N PNGs and exit")
     args = p.parse_args(argv)
     ckpt = data.load_checkpoint(args.resume) if args.resume else None
@@ -153,18 +155,16 @@ def get_args(argv=None):
         args = p.parse_args(argv)
         args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
     args.out = args.out or f"runs/{os.path.basename(__file__)[:-3]}-{args.dataset}"
-    args.size = args.size or data.NATIVE_SIZE.get(args.dataset, 64)
-    data.check_flags(args, ckpt)  # ranges; on --resume, network sizes and --iters against the checkpoint
+    args.size = data.NATIVE_SIZE.get(args.dataset, 64) if args.size is None else args.size
+    data.check_flags(args, ckpt)  # ranges; on --resume, what the checkpoint fixes; --out free
     if args.generate and not ckpt:
         raise SystemExit("error: --generate N needs --resume CKPT")
-    if not ckpt and os.path.exists(os.path.join(args.out, "checkpoint.pt")):
-        raise SystemExit(f"error: {args.out} holds a run already; continue it with --resume or choose --out")
     return args, ckpt
 
 
 def main(argv=None):
     args, ckpt = get_args(argv)
-    device = data.pick_device(args.device)
+    device = data.pick_device(args.device, args.cuda_graph)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -174,24 +174,14 @@ def main(argv=None):
     channels = ckpt["channels"] if ckpt else x.shape[1]
     G = Generator(args.z_dim, channels, args.size, args.width).to(device)
     D = Critic(channels, args.size, args.width).to(device)
-    cuda = device.type == "cuda"  # capturable optimizers: the eager and the --cuda-graph path compute the same
-    opt_G = torch.optim.RMSprop(G.parameters(), lr=args.lr, capturable=cuda)  # torch's, as the official code
-    opt_D = torch.optim.RMSprop(D.parameters(), lr=args.lr, capturable=cuda)
+    graph = bool(args.cuda_graph)  # capturable optimizers (state on the GPU, as a graph needs) only for a graph
+    opt_G = torch.optim.RMSprop(G.parameters(), lr=args.lr, capturable=graph)  # torch's, as the official code
+    opt_D = torch.optim.RMSprop(D.parameters(), lr=args.lr, capturable=graph)
     fixed_z = torch.randn(64, args.z_dim, device=device)  # one z for every sample grid
+    G_ema = data.EMA(G, args.ema)  # samples come from this average of G's weights; --ema 0: from G itself
     start, seconds = 0, 0.0
-    if ckpt:
-        try:
-            for m, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")):
-                m.load_state_dict(ckpt[key])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise SystemExit(f"error: {args.resume} does not fit these settings ({str(e).splitlines()[0]})") from None
-        start, seconds, fixed_z = ckpt["iter"], ckpt["seconds"], ckpt["fixed_z"].to(device)
-        torch.set_rng_state(ckpt["rng"]["cpu"])
-        if device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    G_ema = data.EMA(G, args.ema)  # samples come from it; one from a checkpoint without it starts at the loaded G
-    if ckpt and "G_ema" in ckpt:
-        G_ema.model.load_state_dict(ckpt["G_ema"])
+    if ckpt:  # the checkpoint's weights, optimizer, average and random state; this run's flags (lr, betas, ...)
+        start, seconds, fixed_z = data.restore(ckpt, args, device, G, D, opt_G, opt_D, G_ema)
     if args.generate:  # --resume CKPT --generate N: N single PNGs, the folder format FID tools read
         os.makedirs(os.path.join(args.out, "generated"), exist_ok=True)
         with torch.no_grad():
@@ -203,13 +193,10 @@ def main(argv=None):
         return
 
     def save(done):  # atomic; holds everything a resume needs to continue exactly
-        rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
         state = {"G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict()}
-        state["G_ema"] = G_ema.model.state_dict()
-        state |= {"iter": done, "seconds": seconds + time.time() - t0, "rng": rng, "fixed_z": fixed_z.cpu()}
-        data.save_checkpoint(
-            state | {"args": vars(args), "channels": channels}, os.path.join(args.out, "checkpoint.pt")
-        )
+        state |= {"G_ema": G_ema.model.state_dict(), "rng": data.rng_state(device), "fixed_z": fixed_z.cpu()}
+        state |= {"iter": done, "seconds": seconds + time.time() - t0, "args": vars(args), "channels": channels}
+        data.save_checkpoint(state, os.path.join(args.out, "checkpoint.pt"))
 
     def sample(name, z, nrow=8):
         with torch.no_grad():
@@ -218,9 +205,9 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     data.save_real_grid(x, os.path.join(args.out, "real_samples.png"))  # the data as trained on
     names = ["loss_D", "loss_G", "w_dist"]
-    log = data.MetricsLog(args.out, names, start)
+    log = data.MetricsLog(args.out, names, start, args.resume)
     batches = data.batches(x, args.batch_size)
-    step = data.CudaGraphed(train_step, args.cuda_graph and cuda)  # train_step, or its CUDA graph replayed
+    step = data.CudaGraphed(train_step, graph)  # train_step, or its CUDA graph replayed
     stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
@@ -248,13 +235,14 @@ def main(argv=None):
                 sample(f"samples_{done:07d}.png", fixed_z)
             if done % args.ckpt_every == 0 or stop.signal:
                 save(done)
-            if stop.signal:
+            if stop.signal and done < args.iters:  # at the last iteration the run ends as usual
                 path = os.path.join(args.out, "checkpoint.pt")
                 raise SystemExit(f"interrupted by {stop.signal}: saved iteration {done}; continue with --resume {path}")
-    save(done)
-    g = torch.Generator().manual_seed(args.seed)  # own generator: the training RNG stream is left untouched
-    z0, z1 = torch.randn(2, 8, args.z_dim, generator=g).to(device)  # 8 rows, each a pair of endpoints
-    sample("interpolation.png", data.slerp(z0, z1, torch.linspace(0, 1, 10, device=device)).flatten(0, 1), nrow=10)
+        save(done)  # a signal from here on only prints: the run ends as it would have
+        g = torch.Generator().manual_seed(args.seed)  # own generator: the training RNG stream is left untouched
+        z0, z1 = torch.randn(2, 8, args.z_dim, generator=g).to(device)  # 8 rows, each a pair of endpoints
+        z = data.slerp(z0, z1, torch.linspace(0, 1, 10, device=device)).flatten(0, 1)
+        sample("interpolation.png", z, nrow=10)
     print(f"done: {done} iterations; outputs in {args.out}")
 
 

@@ -7,8 +7,9 @@
 DIGITS is a folder from `python tools/digits.py make`. A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's
 generator, for comparison; with `gan`, "wgan_gp" runs wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and
 "script*C" cppn_wgan_gp.py with --cppn-lr-mul C).
-"base" is Ha's CPPN, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one thread
-(--threads); give each its own process to run several side by side.
+"base" is the layout of Ha's random-art CPPN (raw x, y, r at s = 8 and z into the first of four tanh layers) with
+PyTorch's default initialisation, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one
+thread (--threads); give each its own process to run several side by side.
 """
 
 import argparse
