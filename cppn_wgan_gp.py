@@ -49,6 +49,7 @@ import argparse
 import os
 import time
 from datetime import timedelta
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -138,7 +139,7 @@ class Critic(nn.Module):
         self.apply(dcgan_init)
 
     def forward(self, x):  # (B, channels, size, size)
-        return self.net(x).view(-1)  # (B,)
+        return self.net(x).view(-1).float()  # (B,), float32 under --bf16 too
 
 
 def gradient_penalty(critic, x_real, x_fake):
@@ -166,21 +167,25 @@ def render(G, z, size, out, n=4, steps=6):
 
 def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
     """Alg. 1, one generator iteration: n_critic critic steps, then one generator step. Adds the logged statistics
-    to `stats` in place, on the device, and never waits for the host."""
+    to `stats` in place, on the device, and never waits for the host. --bf16: the forward passes run under bfloat16
+    autocast, without its cache of cast weights; scores, losses, the penalty and the statistics stay float32."""
+    amp = partial(torch.autocast, stats.device.type, torch.bfloat16, bool(args.bf16), cache_enabled=False)
     for t in range(n_critic):  # l.2
         x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
         z = torch.randn(args.batch_size, args.z_dim, device=x_real.device)  # l.4: x ~ P_r, z ~ p(z)
-        with torch.no_grad():
+        with amp(), torch.no_grad():
             x_fake = G(z)  # x~ <- G(z), detached: this step trains the critic only
-        d_real, d_fake = D(x_real).mean(), D(x_fake).mean()
-        gp = gradient_penalty(D, x_real, x_fake)  # l.4-6: eps ~ U[0, 1], x^ <- eps x + (1 - eps) x~
+        with amp():
+            d_real, d_fake = D(x_real).mean(), D(x_fake).mean()
+            gp = gradient_penalty(D, x_real, x_fake)  # l.4-6: eps ~ U[0, 1], x^ <- eps x + (1 - eps) x~ (float32)
         loss_D = d_fake - d_real + args.lam * gp  # l.7: D(x~) - D(x) + lam (||grad D(x^)||_2 - 1)^2
         opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
         opt_D.step()  # l.9: w <- Adam(grad_w mean L, w, alpha, beta1, beta2)
     z = torch.randn(args.batch_size, args.z_dim, device=x_real.device)  # l.11: z ~ p(z)
     D.requires_grad_(False)  # the generator step needs no critic weight gradients
-    loss_G = -D(G(z)).mean()  # l.12: theta <- Adam(grad_theta mean -D(G(z)), theta, alpha, beta1, beta2)
+    with amp():
+        loss_G = -D(G(z)).mean()  # l.12: theta <- Adam(grad_theta mean -D(G(z)), theta, alpha, beta1, beta2)
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
     opt_G.step()
@@ -209,6 +214,7 @@ def get_args(argv=None):
     p.add_argument("--ema", type=float, default=0.999, help="samples come from G's weight average (0: from G)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast for the forward passes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATASET, or the checkpoint's)")
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")

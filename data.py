@@ -20,7 +20,7 @@ from torchvision.utils import save_image
 NATIVE_SIZE = {"mnist": 28, "cifar10": 32, "stl10": 96, "folder": 64}
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # On --resume these are this run's, never the checkpoint's: they say where and how it runs, not what it trains.
-NOT_INHERITED = {"resume", "generate", "render", "out", "device", "cuda_graph"}
+NOT_INHERITED = {"resume", "generate", "render", "out", "device", "cuda_graph", "bf16"}
 NETWORK_FLAGS = ["size", "z_dim", "width", "cppn_width", "cppn_depth"]  # fixed by a checkpoint's weights
 RESUME_RULE = "flags given take effect (network sizes must match); the rest comes from the checkpoint"
 FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of the four scripts it applies to)

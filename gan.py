@@ -23,6 +23,7 @@ import argparse
 import os
 import time
 from datetime import timedelta
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -89,26 +90,30 @@ class Critic(nn.Module):
         self.apply(dcgan_init)
 
     def forward(self, x):  # (B, channels, size, size)
-        return self.net(x).view(-1)  # (B,)
+        return self.net(x).view(-1).float()  # (B,), float32 under --bf16 too
 
 
 def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
     """Alg. 1, one generator iteration: n_critic critic steps, then one generator step. Adds the logged statistics
-    to `stats` in place, on the device, and never waits for the host."""
+    to `stats` in place, on the device, and never waits for the host. --bf16: the forward passes run under bfloat16
+    autocast, without its cache of cast weights; scores, losses, the penalty and the statistics stay float32."""
+    amp = partial(torch.autocast, stats.device.type, torch.bfloat16, bool(args.bf16), cache_enabled=False)
     bce = nn.BCEWithLogitsLoss()  # on logits: no sigmoid layer, numerically stable
     for t in range(n_critic):  # Alg. 1: for k steps do
         x_real = next(batches)  # x ~ P_r: a fresh real batch for every critic step
         z = torch.randn(args.batch_size, args.z_dim, device=x_real.device)  # Alg. 1: x ~ p_data, z ~ p_g(z)
-        with torch.no_grad():
+        with amp(), torch.no_grad():
             x_fake = G(z)  # x~ <- G(z), detached: this step trains the critic only
-        d_real, d_fake = D(x_real), D(x_fake)  # logits; Alg. 1 ascends log D(x) + log(1 - D(x~)) ...
+        with amp():
+            d_real, d_fake = D(x_real), D(x_fake)  # logits; Alg. 1 ascends log D(x) + log(1 - D(x~)) ...
         loss_D = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))  # ... = -loss_D
         opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
         opt_D.step()
     z = torch.randn(args.batch_size, args.z_dim, device=x_real.device)  # Alg. 1: z ~ p_g(z)
     D.requires_grad_(False)  # the generator step needs no critic weight gradients
-    d_gen = D(G(z))  # Alg. 1 (--saturating) descends log(1 - D(G(z))); section 3's fix: -log D(G(z))
+    with amp():
+        d_gen = D(G(z))  # Alg. 1 (--saturating) descends log(1 - D(G(z))); section 3's fix: -log D(G(z))
     loss_G = -bce(d_gen, torch.zeros_like(d_gen)) if args.saturating else bce(d_gen, torch.ones_like(d_gen))
     opt_G.zero_grad(set_to_none=True)
     loss_G.backward()
@@ -134,6 +139,7 @@ def get_args(argv=None):
     p.add_argument("--ema", type=float, default=0.999, help="samples come from G's weight average (0: from G)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast for the forward passes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATASET, or the checkpoint's)")
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")

@@ -1,11 +1,15 @@
 """--cuda-graph. On the CPU: data.CudaGraphed's bookkeeping against a fake CUDA. On a GPU (skipped without CUDA;
-CI has none): replays compute exactly what eager steps compute, on a second GPU too, and the CLI's CUDA paths (graphed,
-eager, a CPU checkpoint resumed graphed). The GPU tests have not been run yet: no GPU was lent to the sessions that
-wrote them."""
+CI has none): replays compute exactly what eager steps compute (with --bf16 too, and on a second GPU), and the CLI's
+CUDA paths: graphed, eager, a CPU checkpoint resumed graphed, a graphed run stopped by SIGTERM and by a NaN. The GPU
+tests have not been run yet: no GPU was lent to the sessions that wrote them (tools/gpu_check.sh runs them)."""
 
 import contextlib
 import csv
 import importlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -69,11 +73,11 @@ def deterministic():
      torch.backends.cuda.matmul.allow_tf32) = saved  # fmt: skip
 
 
-def train(script, graphed, device="cuda"):
+def train(script, graphed, device="cuda", *flags):
     """The script's train_step for len(SCHEDULE) iterations on random data, eagerly or through data.CudaGraphed."""
     module = importlib.import_module(script)
     args, _ = module.get_args(["--dataset", "folder", "--out", "unused", "--size", "16", "--batch-size", "16",
-                               "--z-dim", "16", "--width", "16"])  # fmt: skip
+                               "--z-dim", "16", "--width", "16", *flags])  # fmt: skip
     torch.manual_seed(0)
     device = data.pick_device(device)  # and made the current device, as the scripts do
     x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, device=device)
@@ -93,8 +97,12 @@ def train(script, graphed, device="cuda"):
 
 @needs_cuda
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_graphed_equals_eager(script, deterministic):
-    (eager, stats_e, rng_e), (graphed, stats_g, rng_g) = train(script, False), train(script, True)
+@pytest.mark.parametrize("flags", [[], ["--bf16"]])
+def test_graphed_equals_eager(script, flags, deterministic):
+    (eager, stats_e, rng_e), (graphed, stats_g, rng_g) = (
+        train(script, False, "cuda", *flags),
+        train(script, True, "cuda", *flags),
+    )
     for k in eager:
         assert torch.equal(eager[k], graphed[k]), f"{k} differs between eager and graphed"
     assert torch.equal(stats_e, stats_g) and torch.equal(rng_e, rng_g)
@@ -150,6 +158,38 @@ def test_graphed_cli_run_samples_checkpoints_generates_and_resumes(script, tmp_p
 
 def test_benchmark_prints_a_row_per_script_and_size(capsys):
     bench = importlib.import_module("bench")
-    bench.main(["--iters", "4", "--warm", "2", "--sizes", "8", "--scripts", "gan", "wgan", "--device", "cpu"])
+    bench.main(["--iters", "4", "--warm", "2", "--sizes", "8", "--scripts", "gan", "wgan", "--device", "cpu",
+                "--images", "16"])  # fmt: skip
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| gan") or r.startswith("| wgan")]
-    assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 for r in rows)
+    assert len(rows) == 2 and all(float(r.split("|")[3]) > 0 and r.split("|")[5].strip().endswith("x") for r in rows)
+
+
+@needs_cuda
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_graphed_cli_run_stops_on_sigterm_and_on_nan(script, tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "img")
+    common = ["--dataset", "folder", "--data-root", folder, "--size", 16, "--device", "cuda", "--cuda-graph", *TINY]
+    cmd = [sys.executable, f"{script}.py", *map(str, common), "--iters", "1000000", "--out", str(tmp_path / "stopped")]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    csv_path = tmp_path / "stopped" / "metrics.csv"
+    while p.poll() is None and not (csv_path.exists() and len(csv_path.read_text().splitlines()) > 4):
+        time.sleep(0.05)  # rows 2, 4, 6, 8: past the capture at the 4th iteration
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "interrupted by SIGTERM" in err and "Traceback" not in err, err
+    k = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["iter"]
+    assert k >= 8
+    run(script, "--resume", tmp_path / "stopped" / "checkpoint.pt", "--cuda-graph", "--iters", k + 6)
+    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["iter"] == k + 6
+
+    module, real_randn, calls = importlib.import_module(script), torch.randn, []
+
+    def poisoned_randn(*a, **kw):  # from the 4th iteration on, the captured one: every replay draws NaN
+        calls.append(1)
+        z = real_randn(*a, **kw)
+        return z * float("nan") if len(calls) > 1 + 3 * 3 else z  # 1 fixed_z, then 3 draws per iteration
+
+    monkeypatch.setattr(module.torch, "randn", poisoned_randn)
+    with pytest.raises(SystemExit, match="NaN"):
+        run(script, *common, "--iters", 10, "--ckpt-every", 2, "--out", tmp_path / "nan")
+    assert torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)["iter"] == 2
