@@ -284,8 +284,8 @@ class EMA:
     "The Unusual Effectiveness of Averaging in GAN Training", 2019, arXiv:1806.04498): update(n) after the model's
     n-th step sets avg <- d * avg + (1 - d) * current, d = min(decay, (1 + n) / (10 + n)). That warm-up (TensorFlow's
     ExponentialMovingAverage with num_updates) forgets the random start within the first iterations; d reaches
-    0.999 at n = 8,990. It starts as the model's copy; decay 0 keeps it equal to the model. It only reads the model:
-    training is unchanged. Kept in eval mode, without gradients."""
+    0.999 at n = 8,990. It starts as the model's copy; decay 0 keeps it equal to the model. It only reads the
+    model: training is unchanged. Kept in eval mode, without gradients."""
 
     def __init__(self, model, decay):
         self.model, self.decay = copy.deepcopy(model).eval().requires_grad_(False), decay
@@ -358,8 +358,8 @@ class MetricsLog:
 
     def __init__(self, out, columns, start_iter, resume=None):
         self.out, self.columns, self.rows = out, ["iter", *columns, "seconds"], []
-        old = os.path.join(os.path.dirname(resume or ""), "metrics.csv")
-        if resume and os.path.exists(old):
+        old = resume and os.path.join(os.path.dirname(resume), "metrics.csv")
+        if old and os.path.exists(old):
             with open(old) as f:
                 self.rows = [[float(v) for v in r] for r in list(csv.reader(f))[1:] if int(r[0]) <= start_iter]
             self.append()  # rows past the checkpoint go now, not at the first report

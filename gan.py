@@ -96,7 +96,7 @@ class Critic(nn.Module):
 def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
     """Alg. 1, one generator iteration: n_critic critic steps, then one generator step. Adds the logged statistics
     to `stats` in place, on the device, and never waits for the host. --bf16: the forward passes run under bfloat16
-    autocast, without its cache of cast weights; scores, losses, the penalty and the statistics stay float32."""
+    autocast, without its cache of cast weights; the critic's scores, and so the losses and statistics, stay float32."""
     amp = partial(torch.autocast, stats.device.type, torch.bfloat16, bool(args.bf16), cache_enabled=False)
     bce = nn.BCEWithLogitsLoss()  # on logits: no sigmoid layer, numerically stable
     for t in range(n_critic):  # Alg. 1: for k steps do
