@@ -2,7 +2,7 @@
 et al., "Improved Training of Wasserstein GANs", 2017, arXiv:1704.00028, Algorithm 1).
 
     python cppn_wgan_gp.py --dataset mnist
-    python cppn_wgan_gp.py --resume runs/cppn_wgan_gp-mnist/checkpoint.pt --render 1024
+    python cppn_wgan_gp.py --resume runs/cppn_wgan_gp-mnist-28/checkpoint.pt --render 1024
 
 The generator maps one pixel's coordinates (x, y) and z to that pixel's value, so a generator trained at
 28x28 draws the same image at any resolution. The critic and the training are wgan_gp.py's.
@@ -53,6 +53,8 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+from PIL import GifImagePlugin, Image
+from torchvision.transforms.functional import to_pil_image
 
 import data
 
@@ -150,6 +152,19 @@ def gradient_penalty(critic, x_real, x_fake):
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()  # l.7: norm per sample over C x H x W
 
 
+def save_gif(frames, path, ms=80):
+    """Images in [-1, 1], each (C, H, W), as a looping GIF written a frame at a time from any iterable: memory holds one
+    frame. Gray frames share the gray palette; RGB frames each carry their own, as Pillow's own writer makes them."""
+    with open(path, "wb") as f:
+        for i, frame in enumerate(frames):
+            im = to_pil_image(frame.float().mul(127.5).add(127.5).round().clamp(0, 255).to(torch.uint8).cpu())
+            im = im if im.mode == "L" else im.convert("P", palette=Image.Palette.ADAPTIVE)
+            if i == 0:  # the file's header: size, the first palette, loop forever
+                f.write(b"".join(GifImagePlugin.getheader(im, info={"loop": 0})[0]))
+            f.write(b"".join(GifImagePlugin.getdata(im, duration=ms, include_color_table=True)))
+        f.write(b";")  # the GIF trailer
+
+
 @torch.no_grad()
 def render(G, z, size, out, n=4, steps=6):
     """The first n fixed z drawn at size x size (a PNG grid), and a looping slerp through them (a GIF). Each image is
@@ -161,7 +176,7 @@ def render(G, z, size, out, n=4, steps=6):
     data.save_grid(samples, os.path.join(out, f"render_{size}.png"), nrow=2)
     t = torch.linspace(0, 1, steps + 1, device=z.device)[:-1]  # steps frames from each z to the next
     path = data.slerp(z[:n], z[list(range(1, n)) + [0]], t).flatten(0, 1)  # (n * steps, z_dim), back to the start
-    data.save_gif((G(p[None], size)[0] for p in path), os.path.join(out, f"interpolation_{size}.gif"))
+    save_gif((G(p[None], size)[0] for p in path), os.path.join(out, f"interpolation_{size}.gif"))
     print(f"wrote render_{size}.png and interpolation_{size}.gif to {out}")
 
 
@@ -195,9 +210,9 @@ def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="mnist", help="mnist | cifar10 | stl10 | folder (default: mnist)")
-    p.add_argument("--data-root", default="data", help="download folder, or the image folder (default: data)")
-    p.add_argument("--size", type=int, help="image side s0*2^k (default: the dataset's, 64 for a folder)")
+    p.add_argument("--dataset", default="mnist", help="digits | mnist | cifar10 | stl10 | folder (default: mnist)")
+    p.add_argument("--data-root", help="your images (--dataset folder), or where to download (default: data)")
+    p.add_argument("--size", type=int, help="image side s0*2^k (default: the data's own, else 64)")
     p.add_argument("--batch-size", type=int, default=64, help="m; Alg. 1: 64")
     p.add_argument("--iters", type=int, default=100000, help="generator iterations to reach (default: 100000)")
     p.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step; Alg. 1: 5")
@@ -216,7 +231,7 @@ def get_args(argv=None):
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast for the forward passes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATASET, or the checkpoint's)")
+    p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATA-SIZE, or the checkpoint's)")
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")
     p.add_argument("--sample-every", type=int, default=1000, help="sample grid (default: 1000)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint (default: 1000)")
@@ -228,12 +243,7 @@ def get_args(argv=None):
     if ckpt:  # the checkpoint's settings, except those given on this command line and where this run runs
         p.set_defaults(**{k: v for k, v in ckpt["args"].items() if k not in data.NOT_INHERITED})
         args = p.parse_args(argv)
-        args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
-    args.out = args.out or f"runs/{os.path.basename(__file__)[:-3]}-{args.dataset}"
-    args.size = data.NATIVE_SIZE.get(args.dataset, 64) if args.size is None else args.size
-    data.check_flags(args, ckpt)  # ranges; on --resume, what the checkpoint fixes; --out free
-    if (args.generate or args.render) and not ckpt:
-        raise SystemExit("error: --generate N and --render SIZE need --resume CKPT")
+    data.finish_args(args, ckpt, os.path.basename(__file__)[:-3], split_size)  # --size, --out; every check
     return args, ckpt
 
 
@@ -243,7 +253,6 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    split_size(args.size)  # a bad --size fails before the data is read
     want = ckpt["channels"] if ckpt else None  # a resumed run's data must have the checkpoint's channels
     x = (
         None
@@ -262,6 +271,7 @@ def main(argv=None):
     start, seconds = 0, 0.0
     if ckpt:  # the checkpoint's weights, optimizer, average and random state; this run's flags (lr, betas, ...)
         start, seconds, fixed_z = data.restore(ckpt, args, device, G, D, opt_G, opt_D, G_ema)
+    print(data.describe(args, ckpt, x, device), flush=True)  # data, device, iterations, resumed from, --out
     if args.render:  # --resume CKPT --render SIZE
         render(G_ema.model, fixed_z, args.render, args.out)
         return
@@ -291,28 +301,33 @@ def main(argv=None):
     log = data.MetricsLog(args.out, names, start, args.resume)
     batches = data.batches(x, args.batch_size)
     step = data.CudaGraphed(train_step, graph)  # train_step, or its CUDA graph replayed
-    stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
+    stats, done, t0, last = torch.zeros(len(names), device=device), start, time.time(), start  # last: the last row
+    t_last, i_last = t0, start  # the last status line
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
             step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
             done = it + 1
             G_ema.update(done)  # plumbing, not Alg. 1: the average of G that samples come from
+            early = done - start in (1, 10)  # status lines at once too, without metrics rows: a slow run talks
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
-                if not stop.signal:
+                if not stop.signal and not early:
                     continue  # no host sync between reports
             if not torch.isfinite(stats).all():
                 raise SystemExit(
                     f"error: a loss became NaN or inf before iteration {done}; stopped, keeping the last "
                     f"good checkpoint (if any) in {args.out}; try a lower --lr"
                 )
-            if done % args.log_every == 0 or done == args.iters:
+            if done % args.log_every == 0 or done == args.iters or early:
                 row, now = (stats / (done - last)).tolist(), time.time()
-                log.append([done, *row, seconds + now - t0])
-                speed = (done - last) / (now - t_last)
+                speed = (done - i_last) / (now - t_last)  # the first (cold) iteration timed apart from the rest
+                eta = f"{speed:.2f} it/s | ETA {timedelta(seconds=round((args.iters - done) / speed))}"
+                eta = eta if done > start + 1 else f"first iteration {now - t_last:.1f} s"
                 status = " | ".join(f"{k} {v:.4f}" for k, v in zip(names, row))
-                eta = timedelta(seconds=round((args.iters - done) / speed))
-                print(f"iter {done}/{args.iters} | {status} | {speed:.2f} it/s | ETA {eta}", flush=True)
-                stats, last, t_last = stats.zero_(), done, now
+                print(f"iter {done}/{args.iters} | {status} | {eta}", flush=True)
+                t_last, i_last = now, done
+                if done % args.log_every == 0 or done == args.iters:
+                    log.append([done, *row, seconds + now - t0])
+                    stats, last = stats.zero_(), done
             if done % args.sample_every == 0 or done == args.iters:
                 sample(f"samples_{done:07d}.png", fixed_z)
             if done % args.ckpt_every == 0 or stop.signal:

@@ -1,29 +1,30 @@
-"""Support code for the scripts, no loss logic: datasets as one uint8 tensor, batches, image, log and checkpoint
-I/O, flag checks, the generator's weight average, the stop on a signal and the CUDA-graph wrapper.
-`python data.py --export DIR` writes the training images as trained on. Every user error is raised as
-SystemExit("error: ..."): one line on stderr, exit status 1."""
+"""The scripts' support code, no loss logic: datasets (one uint8 tensor; `digits` drawn here, offline), batches, image,
+log and checkpoint I/O, flag checks, G's weight average, the stop on a signal, the CUDA-graph wrapper. A user error is
+SystemExit("error: ..."): one line, exit status 1."""
 
-import argparse
+import contextlib
 import copy
 import csv
+import functools
 import math
 import os
+import random
 import signal
 
 import torch
 import torch.nn.functional as F
-from PIL import GifImagePlugin, Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 from torchvision import datasets
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import save_image
 
-NATIVE_SIZE = {"mnist": 28, "cifar10": 32, "stl10": 96, "folder": 64}
+NATIVE_SIZE = {"digits": 32, "mnist": 28, "cifar10": 32, "stl10": 96}  # a folder's: default_size
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # On --resume these are this run's, never the checkpoint's: they say where and how it runs, not what it trains.
 NOT_INHERITED = {"resume", "generate", "render", "out", "device", "cuda_graph", "bf16"}
 NETWORK_FLAGS = ["size", "z_dim", "width", "cppn_width", "cppn_depth"]  # fixed by a checkpoint's weights
 RESUME_RULE = "flags given take effect (network sizes must match); the rest comes from the checkpoint"
-FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of the four scripts it applies to)
+FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags it applies to, in any of the scripts)
     ">= 1": (
         lambda v: v >= 1,
         "size batch_size iters n_critic z_dim width cppn_width log_every sample_every ckpt_every n",
@@ -35,8 +36,37 @@ FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags of th
 }
 
 
+def finish_args(args, ckpt, script, fits):
+    """Fill in --size (default_size) and --out, then check ranges, data, fits(size) (raises if the networks cannot
+    take it), --device, what a checkpoint fixes (network sizes; to train, --coord-scale and --iters), --out last."""
+    check_ranges(args)
+    sampling = args.generate or getattr(args, "render", 0)
+    if sampling and not ckpt:
+        raise SystemExit(f"error: --{'generate N' if args.generate else 'render SIZE'} needs --resume CKPT")
+    if not sampling:  # sampling reads no data
+        check_data(args)
+    args.size = default_size(args, fits) if args.size is None else args.size
+    data = os.path.basename(os.path.abspath(args.data_root)) if args.dataset == "folder" else args.dataset
+    args.out = args.out or (
+        os.path.dirname(os.path.abspath(args.resume)) if ckpt else f"runs/{script}-{data}-{args.size}"
+    )
+    fits(args.size)
+    pick_device(args.device, args.cuda_graph)  # a bad --device fails before --out is looked at
+    for name in (NETWORK_FLAGS + ([] if sampling else ["coord_scale"])) if ckpt else []:  # a drawing may rescale
+        if name in ckpt["args"] and getattr(args, name) != ckpt["args"][name]:
+            flag, was = name.replace("_", "-"), ckpt["args"][name]
+            raise SystemExit(f"error: --{flag} {getattr(args, name)} does not match the checkpoint's --{flag} {was}")
+    if ckpt and not sampling and args.iters <= ckpt["iter"]:
+        why = "has reached its" if args.iters == ckpt["args"]["iters"] else f"is at iteration {ckpt['iter']}, past"
+        raise SystemExit(f"error: {args.resume} {why} --iters {args.iters}; give a larger --iters to train on")
+    held = os.path.join(args.out, "checkpoint.pt")
+    if not sampling and os.path.exists(held) and not (ckpt and os.path.samefile(held, args.resume)):
+        raise SystemExit(f"error: {args.out} holds a run already; continue it with --resume {held} or choose --out")
+    if args.generate:
+        refuse_nonempty(os.path.join(args.out, "generated"))
+
+
 def check_ranges(args):
-    """Every numeric flag in its range."""
     for allowed, (ok, names) in FLAG_RANGES.items():
         for name in names.split():
             v = getattr(args, name, None)
@@ -44,34 +74,44 @@ def check_ranges(args):
                 raise SystemExit(f"error: --{name.replace('_', '-')} {v} is out of range; allowed: {allowed}")
 
 
-def check_flags(args, ckpt):
-    """check_ranges; on --resume, what the checkpoint fixes (the network sizes, and for training --coord-scale) and
-    --iters against its iteration; last, a training run's --out must not hold another run."""
-    check_ranges(args)
-    training = not (args.generate or getattr(args, "render", 0))
-    if ckpt:
-        for name in NETWORK_FLAGS + (["coord_scale"] if training else []):  # a drawing may use another scale
-            if name in ckpt["args"] and getattr(args, name) != ckpt["args"][name]:
-                flag, was = name.replace("_", "-"), ckpt["args"][name]
-                raise SystemExit(
-                    f"error: --{flag} {getattr(args, name)} does not match the checkpoint's --{flag} {was}"
-                )
-        if training and args.iters <= ckpt["iter"]:
-            raise SystemExit(
-                f"error: {args.resume} has reached its --iters {args.iters}; give a larger --iters to train on"
-                if args.iters == ckpt["args"]["iters"]
-                else f"error: --iters {args.iters} is not above the checkpoint's iteration {ckpt['iter']}"
-            )
-    held = os.path.join(args.out, "checkpoint.pt")
-    if training and os.path.exists(held) and not (ckpt and os.path.samefile(held, args.resume)):
-        raise SystemExit(f"error: {args.out} holds a run already; continue it with --resume {held} or choose --out")
+def check_data(args):
+    """--dataset is known; a folder's --data-root is a folder; the digits, drawn here, read none."""
+    if args.dataset not in NATIVE_SIZE and args.dataset != "folder":
+        raise SystemExit(f"error: unknown --dataset {args.dataset}; choose digits, mnist, cifar10, stl10 or folder")
+    if args.dataset == "folder" and not args.data_root:
+        raise SystemExit("error: --dataset folder needs --data-root DIR, the folder of your images")
+    if args.dataset == "folder" and not os.path.isdir(args.data_root):
+        raise SystemExit(f"error: --data-root {args.data_root} is not a folder")
+    if args.dataset == "digits" and args.data_root:
+        raise SystemExit("error: --dataset digits is drawn in memory and reads no --data-root")
+
+
+def default_size(args, fits):
+    """The dataset's side; a folder's images' when all are square, of one side up to 128 that fits(), else 64."""
+    if args.dataset != "folder":
+        return NATIVE_SIZE[args.dataset]
+    sizes = set()
+    for path in image_paths(args.data_root):
+        with contextlib.suppress(Exception), Image.open(path) as im:  # unreadable: the loader reports it
+            sizes.add(im.size)
+    with contextlib.suppress(SystemExit):  # fits(side) raises for a side the networks cannot take
+        if len(sizes) == 1 and len(set(*sizes)) == 1 and min(*sizes) <= 128 and fits(min(*sizes)):
+            return min(*sizes)
+    if sizes:
+        e = "x".join(map(str, min(sizes)))
+        print(f"note: --size 64: the images under {args.data_root} are not all of one square side up to 128 that the "
+              f"networks take (e.g. {e}); give --size to choose")  # fmt: skip
+    return 64
+
+
+def refuse_nonempty(folder):
+    if os.path.isdir(folder) and os.listdir(folder):  # an FID over old and new files mixed would be wrong
+        raise SystemExit(f"error: {folder} is not empty; an FID over old and new files mixed is wrong: empty it first")
 
 
 def pick_device(name, cuda_graph=False):
-    """--device auto|cpu|cuda|cuda:N -> torch.device; auto takes CUDA when present. A CUDA device is made the current
-    one, so that streams and graphs (--cuda-graph) are on it too."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    """--device auto|cpu|cuda|cuda:N -> torch.device (auto: CUDA if any), made current: streams and graphs go on it."""
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {name} asked for, but this torch ({torch.__version__}) sees no CUDA GPU")
     try:
@@ -82,8 +122,7 @@ def pick_device(name, cuda_graph=False):
         index, n = torch.cuda.current_device() if device.index is None else device.index, torch.cuda.device_count()
         if index >= n:
             raise SystemExit(f"error: --device {name}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
-        device = torch.device("cuda", index)
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device := torch.device("cuda", index))
     if cuda_graph and device.type != "cuda":
         raise SystemExit(f"error: --cuda-graph needs a CUDA device; this run is on {device}")
     return device
@@ -93,47 +132,69 @@ def load_dataset(name, root, size, device, channels=None):
     """The whole training set as one uint8 tensor (N, C, size, size) on `device`; C must be `channels` if given."""
     if name == "folder":
         x = _load_folder(root, size)
-    elif name in ("mnist", "cifar10", "stl10"):
-        x = _load_torchvision(name, root, size)
-    else:
-        raise SystemExit(f"error: unknown dataset {name!r}; choose mnist, cifar10, stl10 or folder")
+    else:  # resized bicubic and antialiased, 4096 images at a time to keep the float copies small
+        x = digits()[0] if name == "digits" else _load_torchvision(name, root or "data")
+        if x.shape[-1] != size:
+            resized = (F.interpolate(c.float(), size, mode="bicubic", antialias=True) for c in x.split(4096))
+            x = torch.cat([c.round().clamp(0, 255).to(torch.uint8) for c in resized])
     if channels and x.shape[1] != channels:
         raise SystemExit(
-            f"error: --dataset {name} --data-root {root} has {x.shape[1]}-channel images, the checkpoint was "
-            f"trained on {channels} channels"
+            f"error: {name} {root} has {x.shape[1]}-channel images, the checkpoint was trained on {channels}"
         )
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")  # on CPU: already loaded
     if x.numel() > 0.7 * free:  # leave room for the networks and their activations
-        raise SystemExit(
-            f"error: {name} at size {size} needs {x.numel() / 2**30:.1f} GiB but {device} has {free / 2**30:.1f} GiB "
-            "free; use a smaller --size or a subset of the images (--dataset folder)"
+        raise SystemExit(f"error: {name} at size {size} needs {x.numel() / 2**30:.1f} GiB but {device} has "
+                         f"{free / 2**30:.1f} GiB free; use a smaller --size or fewer images")  # fmt: skip
+    return x.contiguous().to(device)
+
+
+@functools.cache  # drawn once a process
+def digits(n=10000, seed=0, side=32, canvas=64):
+    """n digits, white on black, in Pillow's own font (so the same on every machine with that Pillow) at a random
+    stroke, height, rotation, shear, offset and blur -> (n, 1, side, side) uint8, labels (n,)."""
+    font, glyphs = ImageFont.load_default(48), {}
+    for label, stroke in [(d, s) for d in range(10) for s in range(4)]:  # each glyph centred on the canvas
+        im = Image.new("L", (canvas, canvas))
+        draw = ImageDraw.Draw(im)
+        x0, y0, x1, y1 = draw.textbbox((0, 0), str(label), font=font, stroke_width=stroke)
+        xy = ((canvas - x0 - x1) / 2, (canvas - y0 - y1) / 2)
+        draw.text(xy, str(label), 255, font, stroke_width=stroke, stroke_fill=255)
+        glyphs[label, stroke] = im.filter(ImageFilter.GaussianBlur(1)), y1 - y0  # blurred: no aliasing when shrunk
+    rng, h = random.Random(seed), side / 2
+    x, y = torch.empty(n, 1, side, side, dtype=torch.uint8), torch.empty(n, dtype=torch.long)
+    for i in range(n):
+        y[i] = label = rng.randrange(10)
+        im, height = glyphs[label, rng.choice([0, 0, 1, 2, 3])]
+        a, shear, k = math.radians(rng.uniform(-12, 12)), rng.uniform(-0.25, 0.25), rng.uniform(0.85, 1.15)
+        k = height / (k * 0.6 * side)  # the inverse scale: digits ~0.6 of the side high (MNIST's: 20 of 28)
+        dx, dy, c, s = rng.uniform(-2, 2), rng.uniform(-2, 2), k * math.cos(a), k * math.sin(a)
+        m = [c, shear * k - s, 0, s, c, 0]  # an output pixel -> the glyph's: rotated, sheared, scaled, shifted
+        m[2], m[5] = canvas / 2 - m[0] * (h + dx) - m[1] * (h + dy), canvas / 2 - m[3] * (h + dx) - m[4] * (h + dy)
+        im = im.transform((side, side), Image.AFFINE, m, Image.BICUBIC).filter(
+            ImageFilter.GaussianBlur(rng.random() * 0.75)
         )
-    return x.to(device)
+        x[i, 0] = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(side, side)
+    return x, y
 
 
-def _load_torchvision(name, root, size):
+def _load_torchvision(name, root):
     cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10, "stl10": datasets.STL10}[name]
-    kw = {"split": "unlabeled"} if name == "stl10" else {"train": True}  # STL-10: the 100k unlabeled images
-    try:
-        ds = cls(root, download=True, **kw)
+    before = {d for d, _, _ in os.walk(root)}
+    try:  # STL-10: the 100k unlabeled images
+        x = torch.as_tensor(cls(root, download=True, **({"split": "unlabeled"} if name == "stl10" else {})).data)
     except Exception as e:
-        raise SystemExit(
-            f"error: could not download {name} into {root} ({type(e).__name__}: {' '.join(str(e).split())[-160:]}); "
-            f"offline, put the images in a folder and run with --dataset folder --data-root DIR"
-        ) from None
-    x = torch.as_tensor(ds.data)
+        for d, _, _ in os.walk(root, topdown=False):  # the empty folders this attempt made go
+            if d not in before and not os.listdir(d):
+                os.rmdir(d)
+        why = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        raise SystemExit(f"error: could not download {name} into {root} ({why}); offline, use --dataset digits "
+                         "(drawn here) or your images: --dataset folder --data-root DIR") from None  # fmt: skip
     x = x[:, None] if x.dim() == 3 else x  # MNIST (N, 28, 28) -> (N, 1, 28, 28)
-    x = x.permute(0, 3, 1, 2) if x.shape[-1] == 3 else x  # CIFAR-10 stores (N, 32, 32, 3)
-    if x.shape[-1] != size:  # bicubic and antialiased, 4096 images at a time to keep the float copies small
-        resized = (F.interpolate(c.float(), size, mode="bicubic", antialias=True) for c in x.split(4096))
-        x = torch.cat([c.round().clamp(0, 255).to(torch.uint8) for c in resized])
-    return x.contiguous()
+    return x.permute(0, 3, 1, 2) if x.shape[-1] == 3 else x  # CIFAR-10 stores (N, 32, 32, 3)
 
 
 def _to_rgb(im):
-    """Any Pillow mode -> 8-bit RGB. 16- and 32-bit integer gray ("I;16", "I") are scaled by the 16-bit range
-    (v * 255 / 65535, clipped), float gray ("F") by the image's own min..max; transparent pixels (alpha,
-    palette or colour-key transparency) are composited onto white."""
+    """Any mode -> 8-bit RGB: integer gray by the 16-bit range, float gray by its own; transparency onto white."""
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         v = pil_to_tensor(im.convert("F"))  # (1, H, W) float32, exact for 16-bit values
         lo, hi = (v.min(), v.max()) if im.mode == "F" else (0, 65535)
@@ -143,24 +204,19 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
+def image_paths(root):
+    ext = {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if os.path.splitext(f)[1].lower() in ext)
+
+
 def _load_folder(root, size):
-    """Every image under root, recursively, made RGB by _to_rgb, centre-cropped and resized; 1 channel if all
-    are grayscale."""
-    if not os.path.isdir(root):
-        raise SystemExit(f"error: --data-root {root} is not a folder")
-    exts = {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}
-    paths = sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if os.path.splitext(f)[1].lower() in exts
-    )
+    """Every image under root made RGB (_to_rgb), centre-cropped and resized; 1 channel if all are gray."""
     images, gray, bad = [], True, []
-    for p in paths:
+    for p in image_paths(root):
         try:
             with Image.open(p) as im:
-                mode, im = (
-                    im.mode,
-                    ImageOps.fit(_to_rgb(ImageOps.exif_transpose(im)), (size, size), Image.BICUBIC),
-                )
-        except Exception:  # unreadable or corrupt: skip it, count it, report it
+                mode, im = im.mode, ImageOps.fit(_to_rgb(ImageOps.exif_transpose(im)), (size, size), Image.BICUBIC)
+        except Exception:  # unreadable: skipped, counted, reported
             bad.append(p)
             continue
         gray &= mode in GRAY_MODES
@@ -168,16 +224,15 @@ def _load_folder(root, size):
     if bad:
         print(f"warning: skipped {len(bad)} unreadable image file(s) under {root}, e.g. {bad[0]}")
     if not images:
-        raise SystemExit(f"error: no readable images under {root} (looked for {', '.join(sorted(exts)[:8])}, ...)")
+        raise SystemExit(f"error: no readable images under {root} (of the {len(Image.OPEN)} formats Pillow opens)")
     x = torch.stack(images).permute(0, 3, 1, 2)
-    return (x[:, :1] if gray else x).contiguous()
+    return x[:, :1] if gray else x
 
 
 def batches(x, batch_size):
     """Endless random batches from the uint8 dataset, scaled to [-1, 1], never leaving its device."""
     while True:
-        idx = torch.randint(len(x), (batch_size,), device=x.device)
-        yield x[idx].float().div_(127.5).sub_(1)
+        yield x[torch.randint(len(x), (batch_size,), device=x.device)].float().div_(127.5).sub_(1)
 
 
 def save_grid(x, path, nrow=8):
@@ -191,33 +246,8 @@ def random_picks(x, n):
 
 
 def save_real_grid(x, path, n=64):
-    """An 8x8 grid of training images as trained on (cropped, resized, channels), from random_picks: a bad crop or
-    a wrong channel count shows at a glance."""
+    """An 8x8 grid of training images as trained on (cropped, resized, channels): a bad crop shows at a glance."""
     save_grid(x[random_picks(x, n).to(x.device)].float() / 127.5 - 1, path)
-
-
-def export_images(x, out, n=None):
-    """Write training images exactly as trained on, as a flat folder of PNGs named by their index in the dataset:
-    all of them, or n picked at random (seed 0). The reference folder for an FID."""
-    idx = torch.arange(len(x)) if not n or n >= len(x) else random_picks(x, n)
-    os.makedirs(out, exist_ok=True)
-    for i in idx.tolist():
-        to_pil_image(x[i].cpu()).save(os.path.join(out, f"{i:06d}.png"))
-    return len(idx)
-
-
-def save_gif(frames, path, ms=80):
-    """Save images in [-1, 1], each (C, H, W), as a looping animated GIF, written one frame at a time (from any
-    iterable, a generator included): memory holds one frame whatever their size and number. Gray frames share the
-    file's gray palette; RGB frames each carry their own (Pillow's adaptive one), as Pillow's own GIF writer makes."""
-    with open(path, "wb") as f:
-        for i, frame in enumerate(frames):
-            im = to_pil_image(frame.float().mul(127.5).add(127.5).round().clamp(0, 255).to(torch.uint8).cpu())
-            im = im if im.mode == "L" else im.convert("P", palette=Image.Palette.ADAPTIVE)
-            if i == 0:  # the file's header: size, the first palette, loop forever
-                f.write(b"".join(GifImagePlugin.getheader(im, info={"loop": 0})[0]))
-            f.write(b"".join(GifImagePlugin.getdata(im, duration=ms, include_color_table=True)))
-        f.write(b";")  # the GIF trailer
 
 
 def slerp(z0, z1, t):
@@ -233,43 +263,6 @@ def save_checkpoint(obj, path):
     os.replace(path + ".tmp", path)
 
 
-def restore(ckpt, args, device, G, D, opt_G, opt_D, G_ema):
-    """Load a checkpoint's weights, optimizer state and G's average (with --ema 0: G, so that samples come from G);
-    the optimizers keep this run's hyper-parameters (--lr, the betas, capturable for --cuda-graph), not the
-    checkpoint's. The random state continues the checkpoint's unless --seed changed. Prints one line: the
-    checkpoint, its iteration, the target and the flags that changed. Returns (iteration, seconds, fixed_z)."""
-    try:
-        G.load_state_dict(ckpt["G"])
-        D.load_state_dict(ckpt["D"])
-        G_ema.model.load_state_dict(ckpt["G_ema"] if args.ema and "G_ema" in ckpt else ckpt["G"])
-        for opt, saved in ((opt_G, ckpt["opt_G"]), (opt_D, ckpt["opt_D"])):
-            mine = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-            groups = [s | g for s, g in zip(saved["param_groups"], mine, strict=True)]
-            opt.load_state_dict(saved | {"param_groups": groups})
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise SystemExit(f"error: {args.resume} does not fit these settings ({str(e).splitlines()[0]})") from None
-    if args.seed == ckpt["args"]["seed"]:
-        set_rng_state(ckpt["rng"], device)
-    old = {k: v for k, v in ckpt["args"].items() if k not in NOT_INHERITED}  # those are this run's: never "changed"
-    changed = [f"--{k.replace('_', '-')} {v} -> {getattr(args, k)}" for k, v in old.items() if getattr(args, k, v) != v]
-    todo = "" if args.generate or getattr(args, "render", 0) else f" to train to {args.iters}"
-    print(f"resumed {args.resume} at iteration {ckpt['iter']}{todo} on {device}; changed: {', '.join(changed) or '-'}")
-    return ckpt["iter"], ckpt["seconds"], ckpt["fixed_z"].to(device)
-
-
-def rng_state(device):
-    """The random state a checkpoint holds: the CPU's, and on CUDA the training device's only."""
-    return {"cpu": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
-
-
-def set_rng_state(rng, device):
-    """rng_state's inverse, onto this run's device, whichever GPU trained (older checkpoints hold every GPU's state:
-    GPU 0's is taken)."""
-    torch.set_rng_state(rng["cpu"])
-    if device.type == "cuda" and rng["cuda"]:
-        torch.cuda.set_rng_state(rng["cuda"][0], device)
-
-
 def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -279,13 +272,53 @@ def load_checkpoint(path):
         raise SystemExit(f"error: checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
 
 
+def restore(ckpt, args, device, G, D, opt_G, opt_D, G_ema):
+    """Load weights, optimizer state (with this run's --lr, betas, capturable), G's average (--ema 0: G) and, unless
+    --seed changed, the random state. -> (iteration, seconds, fixed_z)"""
+    try:
+        G.load_state_dict(ckpt["G"])
+        D.load_state_dict(ckpt["D"])
+        G_ema.model.load_state_dict(ckpt["G_ema"] if args.ema and "G_ema" in ckpt else ckpt["G"])
+        for opt, saved in ((opt_G, ckpt["opt_G"]), (opt_D, ckpt["opt_D"])):
+            mine = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            opt.load_state_dict(
+                saved | {"param_groups": [s | g for s, g in zip(saved["param_groups"], mine, strict=True)]}
+            )
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise SystemExit(f"error: {args.resume} does not fit these settings ({str(e).splitlines()[0]})") from None
+    if args.seed == ckpt["args"]["seed"]:
+        set_rng_state(ckpt["rng"], device)
+    return ckpt["iter"], ckpt["seconds"], ckpt["fixed_z"].to(device)
+
+
+def rng_state(device):
+    """The random state a checkpoint holds: the CPU's, and on CUDA the training device's only."""
+    return {"cpu": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
+
+
+def set_rng_state(rng, device):
+    """rng_state's inverse, onto this run's device (older checkpoints hold every GPU's state: GPU 0's is taken)."""
+    torch.set_rng_state(rng["cpu"])
+    if device.type == "cuda" and rng["cuda"]:
+        torch.cuda.set_rng_state(rng["cuda"][0], device)
+
+
+def describe(args, ckpt, x, device):
+    """The start-up line: data, device, iterations, on --resume the checkpoint and the flags changed, --out."""
+    data = f"{args.dataset} {args.data_root}" if args.dataset == "folder" else args.dataset
+    line = [] if x is None else [f"{data}: {len(x)} images, {x.shape[1]} channel(s), {args.size}x{args.size}"]
+    line += [f"on {device}"] + ([] if x is None else [f"iterations {ckpt['iter'] if ckpt else 0} to {args.iters}"])
+    if ckpt:
+        old = {k: v for k, v in ckpt["args"].items() if k not in NOT_INHERITED}  # those are this run's
+        new = [f"--{k.replace('_', '-')} {v} -> {getattr(args, k)}" for k, v in old.items() if getattr(args, k, v) != v]
+        line.append(f"resumed from {args.resume} at iteration {ckpt['iter']} (changed: {', '.join(new) or 'none'})")
+    return "; ".join(line + [f"outputs in {args.out}"])
+
+
 class EMA:
-    """A copy of `model` whose weights and float buffers follow it as an exponential moving average (Yazici et al.,
-    "The Unusual Effectiveness of Averaging in GAN Training", 2019, arXiv:1806.04498): update(n) after the model's
-    n-th step sets avg <- d * avg + (1 - d) * current, d = min(decay, (1 + n) / (10 + n)). That warm-up (TensorFlow's
-    ExponentialMovingAverage with num_updates) forgets the random start within the first iterations; d reaches
-    0.999 at n = 8,990. It starts as the model's copy; decay 0 keeps it equal to the model. It only reads the
-    model: training is unchanged. Kept in eval mode, without gradients."""
+    """An eval-mode copy of `model` following it as an exponential moving average (Yazici et al. 2019, 1806.04498):
+    update(n) after step n sets avg <- d avg + (1 - d) model, d = min(decay, (1 + n) / (10 + n)) (TensorFlow's
+    warm-up: 0.999 at n = 8,990). It only reads the model."""
 
     def __init__(self, model, decay):
         self.model, self.decay = copy.deepcopy(model).eval().requires_grad_(False), decay
@@ -294,24 +327,18 @@ class EMA:
     @torch.no_grad()
     def update(self, n):
         d = min(self.decay, (1 + n) / (10 + n))
-        for avg, cur in self.pairs:
-            if avg.is_floating_point():
-                avg.lerp_(cur, 1 - d)  # torch.lerp with weight 1 gives cur exactly
-            else:
-                avg.copy_(cur)  # BatchNorm's num_batches_tracked
+        for avg, cur in self.pairs:  # lerp with weight 1 gives cur exactly; BatchNorm's num_batches_tracked copied
+            avg.lerp_(cur, 1 - d) if avg.is_floating_point() else avg.copy_(cur)
 
 
 class CudaGraphed:
-    """step(*a) run as a CUDA graph (with enabled; otherwise just step(*a)). Per value of the last argument
-    (n_critic), the first `warmup` calls run eagerly on a side stream (cuDNN autotuning and the allocator settle
-    there), the next is captured and then replayed at once (capturing runs nothing: that iteration still has to
-    happen), and every later call is one replay. A graph reads and writes fixed memory: parameters, optimizer state
-    (capturable=True), the dataset and the statistics tensor must be loaded before the first call and only changed
-    in place after it. UNTESTED on a GPU so far (no GPU was lent to the session that wrote it): off by default."""
+    """step(*a) as a CUDA graph if enabled. Per n_critic (the last argument): `warmup` eager calls on a side stream,
+    then one captured and replayed, then replays. Parameters, capturable optimizer state, data and statistics must
+    exist before the first call and change only in place. UNTESTED on a GPU so far: off by default."""
 
     def __init__(self, step, enabled, warmup=3):
-        self.step, self.enabled, self.warmup, self.graphs = step, enabled, warmup, {}
-        self.calls, self.stream = {}, torch.cuda.Stream() if enabled else None
+        self.step, self.enabled, self.warmup, self.graphs, self.calls = step, enabled, warmup, {}, {}
+        self.stream = torch.cuda.Stream() if enabled else None
 
     def __call__(self, *a):
         if not self.enabled:
@@ -319,10 +346,10 @@ class CudaGraphed:
         key = a[-1]
         if key not in self.graphs:
             self.stream.wait_stream(torch.cuda.current_stream())
-            if self.calls.get(key, 0) < self.warmup:
+            self.calls[key] = self.calls.get(key, 0) + 1
+            if self.calls[key] <= self.warmup:
                 with torch.cuda.stream(self.stream):
                     self.step(*a)
-                self.calls[key] = self.calls.get(key, 0) + 1
             else:
                 self.graphs[key] = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(self.graphs[key], stream=self.stream):
@@ -333,9 +360,7 @@ class CudaGraphed:
 
 
 class Stop:
-    """with Stop() as stop: SIGINT (Ctrl-C) and SIGTERM (a scheduler's limit, `timeout`, `docker stop`) only set
-    stop.signal, so the loop can end its generator iteration and save: every checkpoint is an iteration boundary.
-    A second signal stops at once; the last checkpoint stays."""
+    """with Stop() as stop: SIGINT and SIGTERM only set stop.signal (the loop saves); a second one stops at once."""
 
     def __enter__(self):
         self.signal, self.old = None, {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -353,69 +378,45 @@ class Stop:
 
 
 class MetricsLog:
-    """metrics.csv and metrics.png (one panel per column), both rewritten atomically on every write. A resumed run
-    (resume: the checkpoint's path) starts from the rows of the checkpoint's folder up to its iteration."""
+    """metrics.csv and .png, rewritten atomically; resumed, it starts from the checkpoint folder's rows up to it."""
 
     def __init__(self, out, columns, start_iter, resume=None):
-        self.out, self.columns, self.rows = out, ["iter", *columns, "seconds"], []
+        self.path, self.columns, self.rows = os.path.join(out, "metrics"), ["iter", *columns, "seconds"], []
         old = resume and os.path.join(os.path.dirname(resume), "metrics.csv")
         if old and os.path.exists(old):
             with open(old) as f:
                 self.rows = [[float(v) for v in r] for r in list(csv.reader(f))[1:] if int(r[0]) <= start_iter]
             self.append()  # rows past the checkpoint go now, not at the first report
 
-    def append(self, *row):  # rewrites the whole (small) file, so it always matches the checkpoint's past
+    def append(self, *row):
         self.rows += row
-        with open(os.path.join(self.out, "metrics.csv.tmp"), "w", newline="") as f:
+        with open(self.path + ".csv.tmp", "w", newline="") as f:
             csv.writer(f).writerows([self.columns, *([int(r[0]), *(f"{v:.6g}" for v in r[1:])] for r in self.rows)])
-        os.replace(os.path.join(self.out, "metrics.csv.tmp"), os.path.join(self.out, "metrics.csv"))
-        png = os.path.join(self.out, "metrics.png")
+        os.replace(self.path + ".csv.tmp", self.path + ".csv")
         if self.rows:
-            self.plot(png + ".tmp")
-            os.replace(png + ".tmp", png)
-        elif os.path.exists(png):  # a resume from before the first report: no curve yet
-            os.remove(png)
+            self.plot(self.path + ".png.tmp")
+            os.replace(self.path + ".png.tmp", self.path + ".png")
+        elif os.path.exists(self.path + ".png"):  # a resume from before the first report: no curve yet
+            os.remove(self.path + ".png")
 
     def plot(self, path, w=480, h=170):
-        """One panel per metric against iter: its last value on top, its min and max at the left, the first, middle
-        and last iteration below; a single row is drawn as a point."""
-        img = Image.new("RGB", (w, h * (len(self.columns) - 2)), "white")
-        draw, its = ImageDraw.Draw(img), [r[0] for r in self.rows]
-        x0, x1 = its[0], max(its[-1], its[0] + 1)
+        """A panel per metric against iter: its last value above, min and max at the left, iterations below."""
+        img, its = Image.new("RGB", (w, h * (len(self.columns) - 2)), "white"), [r[0] for r in self.rows]
+        draw, x0, x1 = ImageDraw.Draw(img), its[0], max(its[-1], its[0] + 1)
         for k, name in enumerate(self.columns[1:-1]):
             ys, top, bottom = [r[k + 1] for r in self.rows], k * h + 18, k * h + h - 18  # rows are finite
             pad = 0 if max(ys) > min(ys) else abs(ys[0]) / 10 or 1  # a flat series sits mid-panel
             lo, hi = min(ys) - pad, max(ys) + pad
-            draw.rectangle([50, top, w - 8, bottom], outline="gray")
-            draw.text((50, top - 14), f"{name} = {ys[-1]:.4g}   (iter {its[-1]:.0f})", fill="black")
-            draw.text((2, top), f"{hi:.3g}", fill="gray")
-            draw.text((2, bottom - 11), f"{lo:.3g}", fill="gray")
-            for i in sorted({x0, (x0 + x1) // 2, its[-1]}):  # iteration axis
-                x = 50 + (i - x0) / (x1 - x0) * (w - 60)
-                draw.line([(x, bottom), (x, bottom + 3)], fill="gray")
-                draw.text((min(x - 3, w - 8 - 6 * len(f"{i:.0f}")), bottom + 4), f"{i:.0f}", fill="gray")
             xy = [
                 (50 + (i - x0) / (x1 - x0) * (w - 60), bottom - (y - lo) / (hi - lo) * (bottom - top))
                 for i, y in zip(its, ys)
             ]
+            draw.rectangle([50, top, w - 8, bottom], outline="gray")
+            draw.text((50, top - 14), f"{name} = {ys[-1]:.4g}   (iter {its[-1]:.0f})", fill="black")
+            draw.text((2, top), f"{hi:.3g}", fill="gray")
+            draw.text((2, bottom - 11), f"{lo:.3g}", fill="gray")
+            draw.text((50, bottom + 4), f"{x0:.0f}", fill="gray")  # the iteration axis: first and last
+            draw.text((w - 8 - 6 * len(f"{its[-1]:.0f}"), bottom + 4), f"{its[-1]:.0f}", fill="gray")
             draw.line(xy, fill="navy", width=2)
             draw.ellipse([xy[-1][0] - 3, xy[-1][1] - 3, xy[-1][0] + 3, xy[-1][1] + 3], fill="navy")  # the last row
         img.save(path, "PNG")
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Write the training images exactly as the scripts train on them.")
-    p.add_argument("--dataset", default="mnist", help="mnist | cifar10 | stl10 | folder (default: mnist)")
-    p.add_argument("--data-root", default="data", help="download folder, or the image folder (default: data)")
-    p.add_argument("--size", type=int, help="image side (default: the dataset's, 64 for a folder)")
-    p.add_argument("--export", required=True, metavar="DIR", help="folder to write the PNGs to")
-    p.add_argument("--n", type=int, help="how many, picked at random (default: all)")
-    args = p.parse_args(argv)
-    args.size = NATIVE_SIZE.get(args.dataset, 64) if args.size is None else args.size
-    check_ranges(args)
-    x = load_dataset(args.dataset, args.data_root, args.size, torch.device("cpu"))
-    print(f"wrote {export_images(x, args.export, args.n)} images of {tuple(x.shape[1:])} to {args.export}")
-
-
-if __name__ == "__main__":  # python data.py --dataset cifar10 --size 32 --export DIR [--n N]
-    main()

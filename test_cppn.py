@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 import cppn_wgan_gp as cppn
-import data
 from test_smoke import TINY, make_folder, run
 
 
@@ -93,7 +92,7 @@ def test_gif_frames_are_the_images(channels, tmp_path):
     levels = torch.tensor([0, 51, 102, 153, 204, 255], dtype=torch.float32)  # few colours: an exact palette
     g = torch.Generator().manual_seed(0)
     frames = [levels[torch.randint(6, (channels, 20, 30), generator=g)] / 127.5 - 1 for _ in range(4)]
-    data.save_gif(iter(frames), str(tmp_path / "a.gif"), ms=120)
+    cppn.save_gif(iter(frames), str(tmp_path / "a.gif"), ms=120)
     with Image.open(tmp_path / "a.gif") as gif:
         assert gif.n_frames == 4 and gif.info["loop"] == 0 and gif.size == (30, 20)
         for k, frame in enumerate(frames):
@@ -116,7 +115,7 @@ def test_render_after_training(gray, tmp_path):
 
 
 def test_render_needs_a_checkpoint_and_a_positive_size(tmp_path):
-    with pytest.raises(SystemExit, match="--render SIZE need --resume CKPT"):
+    with pytest.raises(SystemExit, match="--render SIZE needs --resume CKPT"):
         run("cppn_wgan_gp", "--render", 64, "--out", tmp_path)
     with pytest.raises(SystemExit, match="must be a positive number"):
         cppn.render(cppn.Generator(16, 1, 28, 8), torch.randn(4, 16), -5, str(tmp_path))

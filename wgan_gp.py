@@ -1,7 +1,7 @@
 """WGAN-GP: Gulrajani et al., "Improved Training of Wasserstein GANs", 2017, arXiv:1704.00028, Algorithm 1.
 
     python wgan_gp.py --dataset stl10 --size 96
-    python wgan_gp.py --resume runs/wgan_gp-stl10/checkpoint.pt --generate 50000
+    python wgan_gp.py --resume runs/wgan_gp-stl10-96/checkpoint.pt --generate 50000
 
 The critic is kept 1-Lipschitz by a penalty on its gradient norm at random points between real and fake
 samples, instead of WGAN's weight clipping. DCGAN-style networks for any square size s0*2^k (s0 in 3..7).
@@ -132,9 +132,9 @@ def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="mnist", help="mnist | cifar10 | stl10 | folder (default: mnist)")
-    p.add_argument("--data-root", default="data", help="download folder, or the image folder (default: data)")
-    p.add_argument("--size", type=int, help="image side s0*2^k (default: the dataset's, 64 for a folder)")
+    p.add_argument("--dataset", default="mnist", help="digits | mnist | cifar10 | stl10 | folder (default: mnist)")
+    p.add_argument("--data-root", help="your images (--dataset folder), or where to download (default: data)")
+    p.add_argument("--size", type=int, help="image side s0*2^k (default: the data's own, else 64)")
     p.add_argument("--batch-size", type=int, default=64, help="m; Alg. 1: 64")
     p.add_argument("--iters", type=int, default=100000, help="generator iterations to reach (default: 100000)")
     p.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step; Alg. 1: 5")
@@ -149,7 +149,7 @@ def get_args(argv=None):
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast for the forward passes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATASET, or the checkpoint's)")
+    p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATA-SIZE, or the checkpoint's)")
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")
     p.add_argument("--sample-every", type=int, default=1000, help="sample grid (default: 1000)")
     p.add_argument("--ckpt-every", type=int, default=1000, help="checkpoint (default: 1000)")
@@ -160,12 +160,7 @@ def get_args(argv=None):
     if ckpt:  # the checkpoint's settings, except those given on this command line and where this run runs
         p.set_defaults(**{k: v for k, v in ckpt["args"].items() if k not in data.NOT_INHERITED})
         args = p.parse_args(argv)
-        args.out = args.out or os.path.dirname(os.path.abspath(args.resume))
-    args.out = args.out or f"runs/{os.path.basename(__file__)[:-3]}-{args.dataset}"
-    args.size = data.NATIVE_SIZE.get(args.dataset, 64) if args.size is None else args.size
-    data.check_flags(args, ckpt)  # ranges; on --resume, what the checkpoint fixes; --out free
-    if args.generate and not ckpt:
-        raise SystemExit("error: --generate N needs --resume CKPT")
+    data.finish_args(args, ckpt, os.path.basename(__file__)[:-3], split_size)  # --size, --out; every check
     return args, ckpt
 
 
@@ -175,7 +170,6 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    split_size(args.size)  # a bad --size fails before the data is read
     want = ckpt["channels"] if ckpt else None  # a resumed run's data must have the checkpoint's channels
     x = None if args.generate else data.load_dataset(args.dataset, args.data_root, args.size, device, want)
     channels = ckpt["channels"] if ckpt else x.shape[1]
@@ -189,6 +183,7 @@ def main(argv=None):
     start, seconds = 0, 0.0
     if ckpt:  # the checkpoint's weights, optimizer, average and random state; this run's flags (lr, betas, ...)
         start, seconds, fixed_z = data.restore(ckpt, args, device, G, D, opt_G, opt_D, G_ema)
+    print(data.describe(args, ckpt, x, device), flush=True)  # data, device, iterations, resumed from, --out
     if args.generate:  # --resume CKPT --generate N: N single PNGs, the folder format FID tools read
         os.makedirs(os.path.join(args.out, "generated"), exist_ok=True)
         with torch.no_grad():
@@ -215,28 +210,33 @@ def main(argv=None):
     log = data.MetricsLog(args.out, names, start, args.resume)
     batches = data.batches(x, args.batch_size)
     step = data.CudaGraphed(train_step, graph)  # train_step, or its CUDA graph replayed
-    stats, done, t0, t_last, last = torch.zeros(len(names), device=device), start, time.time(), time.time(), start
+    stats, done, t0, last = torch.zeros(len(names), device=device), start, time.time(), start  # last: the last row
+    t_last, i_last = t0, start  # the last status line
     with data.Stop() as stop:  # SIGINT/SIGTERM: finish this iteration, save, exit
         for it in range(start, args.iters):  # Alg. 1 l.1: while theta has not converged
             step(G, D, opt_G, opt_D, batches, stats, args, args.n_critic)
             done = it + 1
             G_ema.update(done)  # plumbing, not Alg. 1: the average of G that samples come from
+            early = done - start in (1, 10)  # status lines at once too, without metrics rows: a slow run talks
             if done % args.log_every and done % args.sample_every and done % args.ckpt_every and done < args.iters:
-                if not stop.signal:
+                if not stop.signal and not early:
                     continue  # no host sync between reports
             if not torch.isfinite(stats).all():
                 raise SystemExit(
                     f"error: a loss became NaN or inf before iteration {done}; stopped, keeping the last "
                     f"good checkpoint (if any) in {args.out}; try a lower --lr"
                 )
-            if done % args.log_every == 0 or done == args.iters:
+            if done % args.log_every == 0 or done == args.iters or early:
                 row, now = (stats / (done - last)).tolist(), time.time()
-                log.append([done, *row, seconds + now - t0])
-                speed = (done - last) / (now - t_last)
+                speed = (done - i_last) / (now - t_last)  # the first (cold) iteration timed apart from the rest
+                eta = f"{speed:.2f} it/s | ETA {timedelta(seconds=round((args.iters - done) / speed))}"
+                eta = eta if done > start + 1 else f"first iteration {now - t_last:.1f} s"
                 status = " | ".join(f"{k} {v:.4f}" for k, v in zip(names, row))
-                eta = timedelta(seconds=round((args.iters - done) / speed))
-                print(f"iter {done}/{args.iters} | {status} | {speed:.2f} it/s | ETA {eta}", flush=True)
-                stats, last, t_last = stats.zero_(), done, now
+                print(f"iter {done}/{args.iters} | {status} | {eta}", flush=True)
+                t_last, i_last = now, done
+                if done % args.log_every == 0 or done == args.iters:
+                    log.append([done, *row, seconds + now - t0])
+                    stats, last = stats.zero_(), done
             if done % args.sample_every == 0 or done == args.iters:
                 sample(f"samples_{done:07d}.png", fixed_z)
             if done % args.ckpt_every == 0 or stop.signal:

@@ -1,11 +1,10 @@
-"""An offline stand-in for MNIST and a cheap learning score on it (no downloads, no new dependencies).
+"""A cheap learning score on the offline digits (`--dataset digits`, drawn by data.digits; no downloads).
 
-    python tools/digits.py make DIR [--n 20000] [--held-out 2000]   # DIR/train/*.png, DIR/held_out/*.png
-    python tools/digits.py score DIR FOLDER [FOLDER ...]           # FID of each folder of PNGs vs DIR/held_out
+    python tools/digits.py make DIR [--held-out 2000]   # DIR/train/*.png, DIR/held_out/*.png
+    python tools/digits.py score DIR FOLDER [FOLDER ...]  # FID of each folder of PNGs vs DIR/held_out
 
-Digits 0-9 drawn from the installed TrueType fonts (Pillow's own font if none is found), white on black like
-MNIST, each with a random font, size, stroke width, rotation, shear, offset and blur, stored as 32x32 gray PNGs
-named INDEX_LABEL.png. Train a script on it with `--dataset folder --data-root DIR/train`.
+`make` writes the 10,000 digits the scripts train on with `--dataset digits` (DIR/train) and 2,000 others drawn
+the same way with another seed (DIR/held_out), as 32x32 gray PNGs named INDEX_LABEL.png.
 
 The score is a Frechet distance (the FID's formula) in the 128-d penultimate features of a small CNN trained
 here to tell the ten digits apart (cached as DIR/classifier.pt): 1,000 generated samples against 1,000
@@ -15,57 +14,26 @@ the mean image, each against the held-out ones.
 
 import argparse
 import glob
-import math
 import os
-import random
 import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
-FONT_DIRS = ["/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts", "C:/Windows/Fonts"]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import data  # noqa: E402
 
 
-def fonts():
-    paths = sorted(p for d in FONT_DIRS for p in glob.glob(os.path.join(d, "**", "*.[ot]tf"), recursive=True))
-    return paths or [None]  # None: Pillow's built-in font
-
-
-def draw_digit(rng, font_paths, side=32, canvas=96):
-    """One digit: a glyph at a random font/size/stroke, a random affine map, a slight blur, down to side x side."""
-    label, path = rng.randrange(10), rng.choice(font_paths)
-    size = rng.randint(44, 60)
-    font = ImageFont.truetype(path, size) if path else ImageFont.load_default(size)
-    im = Image.new("L", (canvas, canvas), 0)
-    d = ImageDraw.Draw(im)
-    stroke = rng.choice([0, 0, 1, 2, 3])
-    box = d.textbbox((0, 0), str(label), font=font, stroke_width=stroke)
-    xy = ((canvas - box[0] - box[2]) / 2, (canvas - box[1] - box[3]) / 2)  # glyph box centred
-    d.text(xy, str(label), fill=255, font=font, stroke_width=stroke, stroke_fill=255)
-    a, sh = math.radians(rng.uniform(-12, 12)), rng.uniform(-0.25, 0.25)
-    s = rng.uniform(0.85, 1.15) * 56 / max(box[3] - box[1], 1)  # digit height ~ 56/96 of the side, as MNIST's 20/28
-    tx, ty = rng.uniform(-4, 4), rng.uniform(-4, 4)
-    c, n = math.cos(a) / s, math.sin(a) / s  # the inverse map, output -> input, about the centre
-    m = [c, -n + sh / s, 0, n, c, 0]
-    cx = canvas / 2
-    m[2] = cx - m[0] * (cx + tx) - m[1] * (cx + ty)
-    m[5] = cx - m[3] * (cx + tx) - m[4] * (cx + ty)
-    im = im.transform(im.size, Image.AFFINE, m, Image.BICUBIC)
-    im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.5)))
-    return label, im.resize((side, side), Image.LANCZOS)
-
-
-def make(root, n, held_out, seed=0):
-    rng, font_paths = random.Random(seed), fonts()
-    for split, count in (("train", n), ("held_out", held_out)):
+def make(root, held_out):
+    """DIR/train: the digits `--dataset digits` trains on (data.digits, seed 0); DIR/held_out: others (seed 1)."""
+    for split, (x, y) in (("train", data.digits()), ("held_out", data.digits.__wrapped__(held_out, seed=1))):
         os.makedirs(os.path.join(root, split), exist_ok=True)
-        for i in range(count):
-            label, im = draw_digit(rng, font_paths)
-            im.save(os.path.join(root, split, f"{i:06d}_{label}.png"))
-    print(f"{n} + {held_out} digits from {len(font_paths)} font(s) in {root}")
+        for i, (im, label) in enumerate(zip(x, y.tolist())):
+            Image.fromarray(im[0].numpy()).save(os.path.join(root, split, f"{i:06d}_{label}.png"))
+    print(f"{len(data.digits()[0])} + {held_out} digits in {root}")
 
 
 def load(folder, limit=None):
@@ -144,11 +112,10 @@ def main():
     p.add_argument("cmd", choices=["make", "score"])
     p.add_argument("root")
     p.add_argument("folders", nargs="*")
-    p.add_argument("--n", type=int, default=20000)
     p.add_argument("--held-out", type=int, default=2000)
     a = p.parse_args()
     if a.cmd == "make":
-        make(a.root, a.n, a.held_out)
+        make(a.root, a.held_out)
         net = classifier(a.root)
         x = load(os.path.join(a.root, "train"), 1000)[0]
         ref = stats(net, load(os.path.join(a.root, "held_out"), 1000)[0])
