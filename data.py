@@ -57,7 +57,7 @@ def finish_args(args, ckpt, script, fits):
             flag, was = name.replace("_", "-"), ckpt["args"][name]
             raise SystemExit(f"error: --{flag} {getattr(args, name)} does not match the checkpoint's --{flag} {was}")
     if ckpt and not sampling and args.iters <= ckpt["iter"]:
-        why = "has reached its" if args.iters == ckpt["args"]["iters"] else f"is at iteration {ckpt['iter']}, past"
+        why = "has reached its" if args.iters == ckpt["args"]["iters"] else f"is at iteration {ckpt['iter']}, not below"
         raise SystemExit(f"error: {args.resume} {why} --iters {args.iters}; give a larger --iters to train on")
     held = os.path.join(args.out, "checkpoint.pt")
     if not sampling and os.path.exists(held) and not (ckpt and os.path.samefile(held, args.resume)):
@@ -94,13 +94,13 @@ def default_size(args, fits):
     for path in image_paths(args.data_root):
         with contextlib.suppress(Exception), Image.open(path) as im:  # unreadable: the loader reports it
             sizes.add(im.size)
+    (w, h), *more = sorted(sizes) or [(0, 0)]
     with contextlib.suppress(SystemExit):  # fits(side) raises for a side the networks cannot take
-        if len(sizes) == 1 and len(set(*sizes)) == 1 and min(*sizes) <= 128 and fits(min(*sizes)):
-            return min(*sizes)
+        if not more and w == h and 0 < w <= 128 and fits(w):
+            return w
     if sizes:
-        e = "x".join(map(str, min(sizes)))
         print(f"note: --size 64: the images under {args.data_root} are not all of one square side up to 128 that the "
-              f"networks take (e.g. {e}); give --size to choose")  # fmt: skip
+              f"networks take (e.g. {w}x{h}); give --size to choose")  # fmt: skip
     return 64
 
 

@@ -227,7 +227,7 @@ def test_resume_mismatches_name_the_flag_and_both_values(script, tmp_path):
              (["--iters", 4, "--size", 16], "--size 16 does not match the checkpoint's --size 12"),
              (["--iters", 4, "--width", 16], "--width 16 does not match the checkpoint's --width 8"),
              (["--iters", 4, "--z-dim", 4], "--z-dim 4 does not match the checkpoint's --z-dim 8"),
-             (["--iters", 1], "run/checkpoint.pt is at iteration 2, past --iters 1; give a larger --iters"),
+             (["--iters", 1], "run/checkpoint.pt is at iteration 2, not below --iters 1; give a larger --iters"),
              ([], "run/checkpoint.pt has reached its --iters 2; give a larger --iters to train on")]  # fmt: skip
     if script == "cppn_wgan_gp":  # it changes what the trained CPPN computes; a drawing may change it (below)
         cases.append((["--iters", 4, "--coord-scale", 3], "--coord-scale 3.0 does not match the checkpoint's --coord"))
