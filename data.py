@@ -37,19 +37,24 @@ FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags it ap
 
 
 def finish_args(args, ckpt, script, fits):
-    """Fill in --size (default_size) and --out, then check ranges, data, fits(size) (raises if the networks cannot
-    take it), --device, what a checkpoint fixes (network sizes; to train, --coord-scale and --iters), --out last."""
+    """Check ranges, that sampling has a checkpoint, the data; fill in --size (default_size) and --out (the
+    checkpoint's folder, or runs/SCRIPT-DATA-SIZE); check fits(size) (raises if the networks cannot take it),
+    --device, what a checkpoint fixes (network sizes; to train, --coord-scale and --iters); last, that --out holds
+    no other run and --generate's folder no files."""
     check_ranges(args)
     sampling = args.generate or getattr(args, "render", 0)
     if sampling and not ckpt:
         raise SystemExit(f"error: --{'generate N' if args.generate else 'render SIZE'} needs --resume CKPT")
+    if ckpt and args.dataset == "digits" and args.data_root == ckpt["args"].get("data_root"):
+        args.data_root = None  # inherited from a checkpoint on other data, not typed: the digits read none
     if not sampling:  # sampling reads no data
         check_data(args)
     args.size = default_size(args, fits) if args.size is None else args.size
-    data = os.path.basename(os.path.abspath(args.data_root)) if args.dataset == "folder" else args.dataset
-    args.out = args.out or (
-        os.path.dirname(os.path.abspath(args.resume)) if ckpt else f"runs/{script}-{data}-{args.size}"
-    )
+    if not args.out and ckpt:
+        args.out = os.path.dirname(os.path.abspath(args.resume))
+    elif not args.out:
+        data = os.path.basename(os.path.abspath(args.data_root)) if args.dataset == "folder" else args.dataset
+        args.out = f"runs/{script}-{data}-{args.size}"
     fits(args.size)
     pick_device(args.device, args.cuda_graph)  # a bad --device fails before --out is looked at
     for name in (NETWORK_FLAGS + ([] if sampling else ["coord_scale"])) if ckpt else []:  # a drawing may rescale
@@ -100,7 +105,7 @@ def default_size(args, fits):
             return w
     if sizes:
         print(f"note: --size 64: the images under {args.data_root} are not all of one square side up to 128 that the "
-              f"networks take (e.g. {w}x{h}); give --size to choose")  # fmt: skip
+              f"networks take ({len(sizes)} size(s), e.g. {w}x{h}); give --size to choose")  # fmt: skip
     return 64
 
 
@@ -139,7 +144,8 @@ def load_dataset(name, root, size, device, channels=None):
             x = torch.cat([c.round().clamp(0, 255).to(torch.uint8) for c in resized])
     if channels and x.shape[1] != channels:
         raise SystemExit(
-            f"error: {name} {root} has {x.shape[1]}-channel images, the checkpoint was trained on {channels}"
+            f"error: --dataset {name}{f' --data-root {root}' if root else ''} has {x.shape[1]}-channel images, the "
+            f"checkpoint was trained on {channels}"
         )
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")  # on CPU: already loaded
     if x.numel() > 0.7 * free:  # leave room for the networks and their activations
@@ -150,7 +156,7 @@ def load_dataset(name, root, size, device, channels=None):
 
 @functools.cache  # drawn once a process
 def digits(n=10000, seed=0, side=32, canvas=64):
-    """n digits, white on black, in Pillow's own font (so the same on every machine with that Pillow) at a random
+    """n digits, white on black, in Pillow's own font (the same on every machine with that Pillow wheel) at a random
     stroke, height, rotation, shear, offset and blur -> (n, 1, side, side) uint8, labels (n,)."""
     font, glyphs = ImageFont.load_default(48), {}
     for label, stroke in [(d, s) for d in range(10) for s in range(4)]:  # each glyph centred on the canvas
@@ -166,7 +172,7 @@ def digits(n=10000, seed=0, side=32, canvas=64):
         y[i] = label = rng.randrange(10)
         im, height = glyphs[label, rng.choice([0, 0, 1, 2, 3])]
         a, shear, k = math.radians(rng.uniform(-12, 12)), rng.uniform(-0.25, 0.25), rng.uniform(0.85, 1.15)
-        k = height / (k * 0.6 * side)  # the inverse scale: digits ~0.6 of the side high (MNIST's: 20 of 28)
+        k = height / (k * 0.6 * side)  # the inverse scale: digits about 0.6 of the side high
         dx, dy, c, s = rng.uniform(-2, 2), rng.uniform(-2, 2), k * math.cos(a), k * math.sin(a)
         m = [c, shear * k - s, 0, s, c, 0]  # an output pixel -> the glyph's: rotated, sheared, scaled, shifted
         m[2], m[5] = canvas / 2 - m[0] * (h + dx) - m[1] * (h + dy), canvas / 2 - m[3] * (h + dx) - m[4] * (h + dy)

@@ -76,7 +76,7 @@ def deterministic():
 def train(script, graphed, device="cuda", *flags):
     """The script's train_step for len(SCHEDULE) iterations on random data, eagerly or through data.CudaGraphed."""
     module = importlib.import_module(script)
-    args, _ = module.get_args(["--dataset", "folder", "--out", "unused", "--size", "16", "--batch-size", "16",
+    args, _ = module.get_args(["--dataset", "digits", "--out", "unused", "--size", "16", "--batch-size", "16",
                                "--z-dim", "16", "--width", "16", *flags])  # fmt: skip
     torch.manual_seed(0)
     device = data.pick_device(device)  # and made the current device, as the scripts do

@@ -44,8 +44,7 @@ def lines(capsys):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_run_says_what_it_trains_at_once_and_talks_early(script, tmp_path, capsys):
-    run(script, "--dataset", "digits", "--size", 16, "--iters", 12, "--log-every", 100, "--out", tmp_path,
-        *TINY[:-2], "--log-every", 100)  # fmt: skip
+    run(script, "--dataset", "digits", "--size", 16, "--iters", 12, "--out", tmp_path, *TINY, "--log-every", 100)
     out = lines(capsys)
     assert out[0] == f"digits: 10000 images, 1 channel(s), 16x16; on cpu; iterations 0 to 12; outputs in {tmp_path}"
     status = [line.split(" | ")[0] for line in out if line.startswith("iter ")]
@@ -53,6 +52,24 @@ def test_a_run_says_what_it_trains_at_once_and_talks_early(script, tmp_path, cap
     assert "first iteration" in out[1] and "ETA" in out[2]  # the cold first iteration gives no ETA
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["12"]  # the early lines write no rows
+    run(script, "--resume", tmp_path / "checkpoint.pt", "--iters", 30, "--log-every", 15)  # a resume talks early too
+    out = lines(capsys)
+    assert out[0].endswith(f"iterations 12 to 30; resumed from {tmp_path / 'checkpoint.pt'} at iteration 12 "
+                           f"(changed: --iters 12 -> 30, --log-every 100 -> 15); outputs in {tmp_path}")  # fmt: skip
+    status = [line.split(" | ")[0] for line in out if line.startswith("iter ")]
+    assert status == ["iter 13/30", "iter 15/30", "iter 22/30", "iter 30/30"]
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["12", "15", "30"]
+
+
+def test_the_digits_need_no_data_root_from_a_checkpoint_on_other_data(tmp_path):
+    folder = make_folder(tmp_path / "img", gray=True)
+    run("wgan_gp", "--dataset", "folder", "--data-root", folder, "--size", 16, "--iters", 1, "--out", tmp_path / "a",
+        *TINY)  # fmt: skip
+    run("wgan_gp", "--resume", tmp_path / "a" / "checkpoint.pt", "--dataset", "digits", "--iters", 2)
+    assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["args"]["data_root"] is None
+    with pytest.raises(SystemExit, match="--dataset digits is drawn in memory and reads no --data-root"):
+        run("wgan_gp", "--resume", tmp_path / "a" / "checkpoint.pt", "--iters", 3, "--data-root", folder)
 
 
 def image_folder(root, sizes):

@@ -13,19 +13,20 @@ from torchvision.transforms.functional import to_pil_image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import data  # noqa: E402
+from wgan_gp import split_size  # noqa: E402  (the four scripts take the same sizes)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist", help="digits | mnist | cifar10 | stl10 | folder (default: mnist)")
     p.add_argument("--data-root", help="your images (--dataset folder), or where to download (default: data)")
-    p.add_argument("--size", type=int, help="image side (default: the data's own, else 64; give the run's --size)")
+    p.add_argument("--size", type=int, help="image side (default: the scripts' default; give the run's --size)")
     p.add_argument("--export", required=True, metavar="DIR", help="a new or empty folder to write the PNGs to")
     p.add_argument("--n", type=int, help="how many, picked at random (default: all)")
     args = p.parse_args(argv)
     data.check_ranges(args)
     data.check_data(args)
-    args.size = data.default_size(args, lambda side: True) if args.size is None else args.size
+    args.size = data.default_size(args, split_size) if args.size is None else args.size  # the scripts' default
     data.refuse_nonempty(args.export)
     x = data.load_dataset(args.dataset, args.data_root, args.size, torch.device("cpu"))
     idx = torch.arange(len(x)) if not args.n or args.n >= len(x) else data.random_picks(x, args.n)
