@@ -1,9 +1,10 @@
-"""The README's side-by-side diffs must be the files' real diffs. `python test_readme.py` rewrites them."""
+"""docs/side-by-side.md's diffs must be the files' real diffs. `python test_readme.py` rewrites them."""
 
 import re
 import subprocess
 
-PAIRS = [("gan.py", "wgan.py"), ("wgan.py", "wgan_gp.py")]
+PAIRS = [("gan.py", "wgan.py"), ("wgan.py", "wgan_gp.py"), ("wgan_gp.py", "cppn_wgan_gp.py")]
+DOC = "docs/side-by-side.md"
 
 
 def diff(a, b):
@@ -20,16 +21,16 @@ def pattern(a, b):
     return re.compile(rf"<!-- diff {re.escape(a)} {re.escape(b)} -->\n.*?```diff\n.*?```\n", re.S)
 
 
-def test_readme_diffs_match_the_files():
-    readme = open("README.md").read()
+def test_side_by_side_diffs_match_the_files():
+    doc = open(DOC).read()
     for a, b in PAIRS:
-        found = pattern(a, b).search(readme)
-        assert found, f"README.md has no `diff {a} {b}` block"
-        assert found.group(0) == block(a, b), f"README.md's diff {a} {b} is stale: run python test_readme.py"
+        found = pattern(a, b).search(doc)
+        assert found, f"{DOC} has no `diff {a} {b}` block"
+        assert found.group(0) == block(a, b), f"{DOC}'s diff {a} {b} is stale: run python test_readme.py"
 
 
 if __name__ == "__main__":
-    text = open("README.md").read()
+    text = open(DOC).read()
     for a, b in PAIRS:
         text = pattern(a, b).sub(lambda m, a=a, b=b: block(a, b), text)
-    open("README.md", "w").write(text)
+    open(DOC, "w").write(text)
