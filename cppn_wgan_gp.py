@@ -26,13 +26,13 @@ Deviations from the paper / official code:
   weight about alpha a step whatever its gradient's scale, so what counts is alpha against the weights' size: the
   CPPN's hidden layers start at std 1/sqrt(128) = 0.09, the DCGAN generator's at 0.02 (with BatchNorm after all but
   its output layer, which makes their scale free), so at one alpha the CPPN moved ~4x slower for its size. On 32x32
-  font digits (tools/cppn_lab.py; the older font set, README: CPPN) two 10x runs scored 847 and 1,015 at 250
+  font digits (tools/cppn_lab.py; the older font set, docs/cppn.md) two 10x runs scored 847 and 1,015 at 250
   iterations and 418 and 608 at 500 where 1x scored 3,505 and 1,958 (3x: 2,146 and 579; 30x: 1,195 and 654;
   wgan_gp.py's generator 1,250 and 309); at 1,000, 1,500, 2,000, 2,500, 3,000, 3,500 and 4,000 iterations 10x scored
   224, 120, 72, 130, 84, 73 and 116, wgan_gp.py 140, 90, 76, 53, 47, 46 and 39 (1x at 1,000: 574); at 8,000 10x
   scored 81 (its five reports from 7,000 to 8,000 average 74, wgan_gp.py's from 3,000 to 4,000 45.5). These are
   scores of G itself; sampled from the --ema average, the CPPN scores 24 at 8,000 (resumed at 6,000) and wgan_gp.py
-  34 at 4,000 (README: CPPN).
+  34 at 4,000 (docs/cppn.md).
 - z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's codes multiply their 32-d z (GAN code: normal; random-art code:
   uniform in [-1, 1]) by the coordinate scale.
 - Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, average-pooled by 4, comes close
