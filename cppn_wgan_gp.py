@@ -318,7 +318,8 @@ def main(argv=None):
                     f"error: a loss became NaN or inf before iteration {done}; stopped, keeping the last "
                     f"good checkpoint (if any) in {args.out}; try a lower --lr"
                 )
-            if done % args.log_every == 0 or done == args.iters or early:
+            row_due = done % args.log_every == 0 or done == args.iters  # a metrics row too
+            if row_due or early:
                 row, now = (stats / (done - last)).tolist(), time.time()
                 speed = (done - i_last) / (now - t_last)  # the first (cold) iteration timed apart from the rest
                 eta = f"{speed:.2f} it/s | ETA {timedelta(seconds=round((args.iters - done) / speed))}"
@@ -326,7 +327,7 @@ def main(argv=None):
                 status = " | ".join(f"{k} {v:.4f}" for k, v in zip(names, row))
                 print(f"iter {done}/{args.iters} | {status} | {eta}", flush=True)
                 t_last, i_last = now, done
-                if done % args.log_every == 0 or done == args.iters:
+                if row_due:
                     log.append([done, *row, seconds + now - t0])
                     stats, last = stats.zero_(), done
             if done % args.sample_every == 0 or done == args.iters:
