@@ -173,6 +173,7 @@ def render(G, z, size, out, n=4, steps=6):
     number of frames."""
     if size < 1:
         raise SystemExit(f"error: --render {size}: the size must be a positive number of pixels")
+    os.makedirs(out, exist_ok=True)
     samples = torch.cat([G(z[i : i + 1], size).cpu() for i in range(n)])  # one at a time: bounded memory
     data.save_grid(samples, os.path.join(out, f"render_{size}.png"), nrow=2)
     t = torch.linspace(0, 1, steps + 1, device=z.device)[:-1]  # steps frames from each z to the next

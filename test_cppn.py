@@ -112,6 +112,8 @@ def test_render_after_training(gray, tmp_path):
         assert im.size == (2 * 52 + 2,) * 2  # 2x2 grid of the first 4 fixed z, padding 2
     with Image.open(tmp_path / "run" / "interpolation_50.gif") as gif:
         assert gif.size == (50, 50) and gif.n_frames == 4 * 6 and gif.info["loop"] == 0
+    run("cppn_wgan_gp", "--resume", tmp_path / "run" / "checkpoint.pt", "--render", 8, "--out", tmp_path / "new")
+    assert (tmp_path / "new" / "render_8.png").exists()  # an --out not there yet is made
 
 
 def test_render_needs_a_checkpoint_and_a_positive_size(tmp_path):

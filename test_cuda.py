@@ -1,7 +1,7 @@
 """--cuda-graph. On the CPU: data.CudaGraphed's bookkeeping against a fake CUDA. On a GPU (skipped without CUDA;
 CI has none): replays compute exactly what eager steps compute (with --bf16 too, and on a second GPU), and the CLI's
 CUDA paths: graphed, eager, a CPU checkpoint resumed graphed, a graphed run stopped by SIGTERM and by a NaN. The GPU
-tests have not been run yet: no GPU was lent to the sessions that wrote them (tools/gpu_check.sh runs them)."""
+tests have not been run yet (tools/gpu_check.sh runs them)."""
 
 import contextlib
 import csv
