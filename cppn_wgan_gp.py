@@ -9,41 +9,20 @@ The generator maps one pixel's coordinates (x, y) and z to that pixel's value, s
 
 Deviations from the paper / official code:
 - The critic, the training and their deviations are wgan_gp.py's (see its header).
-- The CPPN is not Ha's. His GAN code (cppn-gan-vae-tensorflow) feeds raw (x, y, r) and z * s into a softplus
-  layer, then 3 tanh layers, weights N(0, 0.1); his random-art code (cppn-tensorflow) into the first of 4 tanh
-  layers, weights N(0, 1). The random-art layout with PyTorch's default initialisation and z unscaled (cppn_lab.py's
-  "base") learned far slower than wgan_gp.py's generator (on held-out handwritten digits, FID 127 at 8,000
-  iterations against 16 at 4,000). tools/cppn_lab.py shows why: at the start its first layer is saturated by the
-  coordinates, its output barely depends on z, and with the training's Adam it fits a set of images hardly better
-  than their mean. Here, each pixel still a function of its own coordinates and z alone:
-  - the coordinates enter as 128 Fourier features [sin, cos](F (x, y)), 64 frequencies F ~ N(0, 1) fixed (Tancik
-    et al. 2020, arXiv:2006.10739), x, y in [-s, s] with s = 2 (--coord-scale; Ha's code: 8, raw, with r);
-  - z also scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871; the
-    per-pixel CIPS generator, Anokhin et al. 2020, arXiv:2011.13775, modulates every layer by z too);
-  - weights N(0, 1/fan_in); the first layer's input gets variance 1 from the pixel and 1/2 from z;
-  - tanh from the first layer on (Ha's GAN code: softplus first), and a tanh output (below).
-- The CPPN's Adam alpha is 10x the critic's (1e-3 against Alg. 1's 1e-4 for both; --cppn-lr-mul). Adam moves each
-  weight about alpha a step whatever its gradient's scale, so what counts is alpha against the weights' size: the
-  CPPN's hidden layers start at std 1/sqrt(128) = 0.09, the DCGAN generator's at 0.02 (with BatchNorm after all but
-  its output layer, which makes their scale free), so at one alpha the CPPN moved ~4x slower for its size. On 32x32
-  font digits (tools/cppn_lab.py; the older font set, docs/cppn.md) two 10x runs scored 847 and 1,015 at 250
-  iterations and 418 and 608 at 500 where 1x scored 3,505 and 1,958 (3x: 2,146 and 579; 30x: 1,195 and 654;
-  wgan_gp.py's generator 1,250 and 309); at 1,000, 1,500, 2,000, 2,500, 3,000, 3,500 and 4,000 iterations 10x scored
-  224, 120, 72, 130, 84, 73 and 116, wgan_gp.py 140, 90, 76, 53, 47, 46 and 39 (1x at 1,000: 574); at 8,000 10x
-  scored 81 (its five reports from 7,000 to 8,000 average 74, wgan_gp.py's from 3,000 to 4,000 45.5). These are
-  scores of G itself; sampled from the --ema average, the CPPN scores 24 at 8,000 (resumed at 6,000) and wgan_gp.py
-  34 at 4,000 (docs/cppn.md).
-- z ~ N(0, I) (--z-dim, 128) enters unscaled; Ha's codes multiply their 32-d z (GAN code: normal; random-art code:
-  uniform in [-1, 1]) by the coordinate scale.
-- Pixel centres, not linspace(-s, s) with its end points, so that a drawing at 4S, average-pooled by 4, comes close
-  to the one at S (equal only where the network is linear across a pixel; test_cppn.py bounds the gap).
-- The output is tanh into [-1, 1], like the data (the known CPPN-WGAN-GP code's CIFAR-10 script ends in a sigmoid,
-  into [0, 1]).
-- The critic has DCGAN's N(0, 0.02) initialisation.
-- The CPPN has no BatchNorm: train and eval mode draw the same samples.
-- Sample grids, interpolations, --generate and --render come from an exponential moving average of G's weights,
-  decay 0.999 after a warm-up (--ema; Yazici et al. 2019, arXiv:1806.04498), not from G; --ema 0 samples G.
-  Training is unchanged.
+- Not Ha's CPPN: his codes feed raw x, y, r and z into softplus or tanh layers, which learned far slower than
+  wgan_gp.py's generator here (the measurements: docs/cppn.md). Each pixel is still a function of its (x, y) and z:
+  - (x, y) enter as 128 Fourier features [sin, cos](F (x, y)), F ~ N(0, 1) fixed (Tancik et al. 2020,
+    arXiv:2006.10739), x, y in [-s, s], s = 2 (--coord-scale; Ha: raw, s = 8): no saturated first layer;
+  - z scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871), so the
+    output depends on z from the start; z enters unscaled (Ha multiplies it by s);
+  - weights N(0, 1/fan_in), tanh from the first layer on (Ha's GAN code: softplus first): unit-variance layers.
+- The CPPN's Adam alpha is 10x the critic's (--cppn-lr-mul; Alg. 1: one alpha): Adam moves a weight by about alpha,
+  and the CPPN's weights start ~4x larger than the DCGAN generator's. Against a critic narrower than the default
+  (--width 16) this step was seen to collapse G to one shape (docs/cppn.md).
+- Pixel centres, not linspace(-s, s): drawn at 4S and average-pooled by 4, an image comes close to the one at S.
+- A tanh output into [-1, 1], like the data (the known CPPN-WGAN-GP code's CIFAR-10 script: a sigmoid).
+- The critic has DCGAN's N(0, 0.02) initialisation; the CPPN has no BatchNorm, so train and eval mode agree.
+- Samples come from a moving average of G's weights (--ema 0.999; Yazici et al. 2019, arXiv:1806.04498), not G.
 """
 
 import argparse
@@ -211,7 +190,9 @@ def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\nDeviations")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dataset", default="mnist", help="digits | mnist | cifar10 | stl10 | folder (default: mnist)")
     p.add_argument("--data-root", help="your images (--dataset folder), or where to download (default: data)")
     p.add_argument("--size", type=int, help="image side s0*2^k (default: the data's own, else 64)")
@@ -223,15 +204,15 @@ def get_args(argv=None):
     p.add_argument("--beta2", type=float, default=0.9, help="Adam beta2; Alg. 1: 0.9")
     p.add_argument("--lam", type=float, default=10.0, help="gradient penalty weight lambda; Alg. 1: 10")
     p.add_argument("--z-dim", type=int, default=128, help="latent size (default: 128)")
-    p.add_argument("--width", type=int, default=64, help="base channel width (DCGAN: 64)")
+    p.add_argument("--width", type=int, default=64, help="base channel width (default: 64, DCGAN's)")
     p.add_argument("--cppn-width", type=int, default=128, help="CPPN hidden units (CPPN-GAN code: 128)")
     p.add_argument("--cppn-depth", type=int, default=3, help="CPPN tanh layers after the first (CPPN-GAN: 3)")
     p.add_argument("--cppn-lr-mul", type=float, default=10.0, help="CPPN Adam alpha = --lr * this (default: 10)")
     p.add_argument("--coord-scale", type=float, default=2.0, help="x, y in [-s, s] (default: 2; CPPN-GAN code: 8)")
-    p.add_argument("--ema", type=float, default=0.999, help="samples come from G's weight average (0: from G)")
+    p.add_argument("--ema", type=float, default=0.999, help="samples from G's weight average (default: 0.999; 0: G)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast for the forward passes")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="CUDA graphs (default: off; untested)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 forward passes (default: off)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATA-SIZE, or the checkpoint's)")
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")

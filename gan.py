@@ -12,11 +12,8 @@ Deviations from the paper / official code:
 - Networks in pytorch/examples' dcgan layout (at 64x64, 512 channels at 4x4 where the DCGAN paper has 1024), but
   z (128, not 100) enters through a Linear layer, the critic ends in one, and the convs have biases (theirs: none).
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
-- Sample grids, interpolations and --generate come from an exponential moving average of G's weights, decay
-  0.999 after a warm-up (--ema; Yazici et al. 2019, arXiv:1806.04498), not from G; --ema 0 samples G. Training is
-  unchanged.
-- They run it in eval mode (BatchNorm running statistics, averaged too); every official code samples in train mode
-  (the batch's own statistics), so compare FIDs only with eval-mode samples.
+- Samples come from a moving average of G's weights (--ema 0.999; Yazici et al. 2019, arXiv:1806.04498), not G, in
+  eval mode; the official codes sample G in train mode (BatchNorm's batch statistics): compare FIDs sampled alike.
 """
 
 import argparse
@@ -123,7 +120,9 @@ def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\nDeviations")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dataset", default="mnist", help="digits | mnist | cifar10 | stl10 | folder (default: mnist)")
     p.add_argument("--data-root", help="your images (--dataset folder), or where to download (default: data)")
     p.add_argument("--size", type=int, help="image side s0*2^k (default: the data's own, else 64)")
@@ -133,13 +132,13 @@ def get_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-4, help="Adam alpha; DCGAN: 2e-4")
     p.add_argument("--beta1", type=float, default=0.5, help="Adam beta1; DCGAN: 0.5")
     p.add_argument("--beta2", type=float, default=0.999, help="Adam beta2; DCGAN: 0.999")
-    p.add_argument("--saturating", action=argparse.BooleanOptionalAction, help="Alg. 1's G loss log(1 - D(G(z)))")
+    p.add_argument("--saturating", action=argparse.BooleanOptionalAction, help="Alg. 1's log(1-D(G(z))); default: off")
     p.add_argument("--z-dim", type=int, default=128, help="latent size (default: 128)")
-    p.add_argument("--width", type=int, default=64, help="base channel width (DCGAN: 64)")
-    p.add_argument("--ema", type=float, default=0.999, help="samples come from G's weight average (0: from G)")
+    p.add_argument("--width", type=int, default=64, help="base channel width (default: 64, DCGAN's)")
+    p.add_argument("--ema", type=float, default=0.999, help="samples from G's weight average (default: 0.999; 0: G)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast for the forward passes")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="CUDA graphs (default: off; untested)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 forward passes (default: off)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATA-SIZE, or the checkpoint's)")
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")

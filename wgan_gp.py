@@ -7,17 +7,13 @@ The critic is kept 1-Lipschitz by a penalty on its gradient norm at random point
 samples, instead of WGAN's weight clipping. DCGAN-style networks for any square size s0*2^k (s0 in 3..7).
 
 Deviations from the paper / official code:
-- DCGAN-style networks (the paper's CIFAR-10 and LSUN results use ResNets). The critic has no normalisation
-  (section 4 rules out BatchNorm, suggests layer norm). Official DCGAN-size code: gan_64x64.py's critic has layer
-  norm; gan_cifar.py and gan_mnist.py have none but use Adam beta1 = 0.5 (MNIST: batch 50), not Alg. 1's 0.
-- 4x4 kernels, as DCGAN's; the official DCGAN-size code (gan_cifar.py, gan_mnist.py, gan_64x64.py's DCGAN
-  networks) uses 5x5.
+- DCGAN-style networks, one skeleton for the four scripts (the paper's CIFAR-10 and LSUN results use ResNets).
+- No normalisation in the critic (section 4 rules out BatchNorm); the official gan_64x64.py's has layer norm.
+- Adam beta1 = 0, Alg. 1's; the official gan_cifar.py and gan_mnist.py use 0.5 (gan_mnist.py: batch 50).
+- 4x4 kernels, as DCGAN's, where the official DCGAN-size code uses 5x5.
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
-- Sample grids, interpolations and --generate come from an exponential moving average of G's weights, decay
-  0.999 after a warm-up (--ema; Yazici et al. 2019, arXiv:1806.04498), not from G; --ema 0 samples G. Training is
-  unchanged.
-- They run it in eval mode (BatchNorm running statistics, averaged too); every official code samples in train mode
-  (the batch's own statistics), so compare FIDs only with eval-mode samples.
+- Samples come from a moving average of G's weights (--ema 0.999; Yazici et al. 2019, arXiv:1806.04498), not G, in
+  eval mode; the official codes sample G in train mode (BatchNorm's batch statistics): compare FIDs sampled alike.
 """
 
 import argparse
@@ -131,7 +127,9 @@ def train_step(G, D, opt_G, opt_D, batches, stats, args, n_critic):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\nDeviations")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dataset", default="mnist", help="digits | mnist | cifar10 | stl10 | folder (default: mnist)")
     p.add_argument("--data-root", help="your images (--dataset folder), or where to download (default: data)")
     p.add_argument("--size", type=int, help="image side s0*2^k (default: the data's own, else 64)")
@@ -143,11 +141,11 @@ def get_args(argv=None):
     p.add_argument("--beta2", type=float, default=0.9, help="Adam beta2; Alg. 1: 0.9")
     p.add_argument("--lam", type=float, default=10.0, help="gradient penalty weight lambda; Alg. 1: 10")
     p.add_argument("--z-dim", type=int, default=128, help="latent size (default: 128)")
-    p.add_argument("--width", type=int, default=64, help="base channel width (DCGAN: 64)")
-    p.add_argument("--ema", type=float, default=0.999, help="samples come from G's weight average (0: from G)")
+    p.add_argument("--width", type=int, default=64, help="base channel width (default: 64, DCGAN's)")
+    p.add_argument("--ema", type=float, default=0.999, help="samples from G's weight average (default: 0.999; 0: G)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="replay each iteration (untested)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 autocast for the forward passes")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, help="CUDA graphs (default: off; untested)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bfloat16 forward passes (default: off)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", help="output folder (default: runs/SCRIPT-DATA-SIZE, or the checkpoint's)")
     p.add_argument("--log-every", type=int, default=100, help="status line and metrics row (default: 100)")

@@ -243,9 +243,9 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
                 x = G(torch.randn(1000, a["z_dim"], generator=g))
                 x = (x * 127.5 + 127.5).round().clamp(0, 255) / 127.5 - 1  # as the PNGs --generate writes
                 x = F.interpolate(x, size=32, mode="bicubic").clamp(-1, 1)
-                scores.append(
-                    f"{'score' if key == 'G' else 'ema score'} {digits.frechet(digits.stats(net, x), ref):.1f}"
-                )
+                modes = (torch.bincount(net(x).argmax(1), minlength=10) >= 0.05 * len(x)).sum().item()
+                fid = digits.frechet(digits.stats(net, x), ref)
+                scores.append(f"{'score' if key == 'G' else 'ema score'} {fid:.1f} modes {modes}")
         w = line.split("w_dist ")[1].split()[0]
         print(f"{name} {' '.join(extra)} | iter {done} | {' | '.join(scores)} | w_dist {w} | {out}", flush=True)
 
