@@ -252,8 +252,24 @@ def random_picks(x, n):
 
 
 def save_real_grid(x, path, n=64):
-    """An 8x8 grid of training images as trained on (cropped, resized, channels): a bad crop shows at a glance."""
-    save_grid(x[random_picks(x, n).to(x.device)].float() / 127.5 - 1, path)
+    """An 8x8 grid of training images as trained on (cropped, resized, channels): a bad crop shows at a glance.
+    -> their spread, the yardstick of warn_if_alike."""
+    save_grid(real := x[random_picks(x, n).to(x.device)].float() / 127.5 - 1, path)
+    return spread(real)
+
+
+def spread(x):
+    """How unlike one another the images x (B, C, H, W) are: their mean L2 distance over all pairs."""
+    return torch.pdist(x.flatten(1).float()).mean().item()
+
+
+def warn_if_alike(samples, real_spread, done, below=0.25):
+    """One warning line when the fixed-z samples' spread is under `below` of the real grid's: all alike."""
+    if (alike := spread(samples) / real_spread) < below:
+        print(
+            f"warning: iteration {done}: the fixed-z samples are nearly all alike (spread {alike:.2f} of the real "
+            "images'): normal early on, a collapse if it lasts; try a lower --lr, a wider --width or another --seed"
+        )
 
 
 def slerp(z0, z1, t):

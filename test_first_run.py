@@ -156,3 +156,33 @@ def test_a_failed_download_says_so_whole_on_one_line_and_leaves_no_empty_folders
     assert msg.startswith(f"error: could not download mnist into {tmp_path / 'data'} (RuntimeError: Error downloading")
     assert "got: END)" in msg and "\n" not in msg and "--dataset digits" in msg and "--dataset folder" in msg
     assert sorted(os.listdir(tmp_path / "data")) == ["old"]
+
+
+def test_samples_all_alike_get_one_warning_line_and_real_images_none(capsys):
+    """The collapse guard's yardstick: 64 real digits spread 1.06 times as much as 64 others (measured); one digit
+    with faint noise (std 0.05) 0.12 of it. The threshold, 0.25, sits between the alike grids of docs/gallery.md's runs
+    (gan.py's collapse 0.14-0.23 at 100-500, the early gray grids 0.09-0.16) and the grids from 300 on (0.27 and up)."""
+    x = data.digits()[0].float() / 127.5 - 1
+    real = data.spread(x[:64])
+    data.warn_if_alike(x[64:128], real, 300)
+    assert capsys.readouterr().out == ""
+    noise = 0.05 * torch.randn(64, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    data.warn_if_alike(x[:1] + noise, real, 300)
+    out = capsys.readouterr().out
+    assert out.startswith("warning: iteration 300: the fixed-z samples are nearly all alike (spread 0.12 of the real")
+    assert out.count("\n") == 1 and "try a lower --lr" in out
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_report_checks_the_fixed_z_samples_against_the_real_grid(script, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(data, "warn_if_alike", lambda samples, real, done: seen.append((samples.shape, real, done)))
+    cppn = ["--cppn-width", 8] if script == "cppn_wgan_gp" else []
+    run(script, "--dataset", "digits", "--iters", 4, "--out", tmp_path, *TINY, *cppn)
+    assert [done for _, _, done in seen] == [2, 4]  # at every --log-every (2 in TINY), not at the early lines
+    assert all(shape == (64, 1, 32, 32) and 15 < real < 25 for shape, real, _ in seen)  # the digits' spread: 19.5
+
+
+def test_a_gan_at_its_start_is_warned_about(tmp_path, capsys):
+    run("gan", "--dataset", "digits", "--iters", 2, "--out", tmp_path, *TINY)  # G's first samples are all alike
+    assert "warning: iteration 2: the fixed-z samples are nearly all alike" in capsys.readouterr().out

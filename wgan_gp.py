@@ -203,7 +203,7 @@ def main(argv=None):
             data.save_grid(G_ema.model(z), os.path.join(args.out, name), nrow)
 
     os.makedirs(args.out, exist_ok=True)
-    data.save_real_grid(x, os.path.join(args.out, "real_samples.png"))  # the data as trained on
+    real_spread = data.save_real_grid(x, os.path.join(args.out, "real_samples.png"))  # the data as trained on
     names = ["loss_D", "loss_G", "w_dist", "gp"]
     log = data.MetricsLog(args.out, names, start, args.resume)
     batches = data.batches(x, args.batch_size)
@@ -236,6 +236,8 @@ def main(argv=None):
                 if row_due:
                     log.append([done, *row, seconds + now - t0])
                     stats, last = stats.zero_(), done
+                    with torch.no_grad():  # a warning when the samples are all alike (a collapsed G, or an early one)
+                        data.warn_if_alike(G_ema.model(fixed_z), real_spread, done)
             if done % args.sample_every == 0 or done == args.iters:
                 sample(f"samples_{done:07d}.png", fixed_z)
             if done % args.ckpt_every == 0 or stop.signal:
