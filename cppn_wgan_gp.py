@@ -15,7 +15,8 @@ Deviations from the paper / official code:
     arXiv:2006.10739), x, y in [-s, s], s = 2 (--coord-scale; Ha: raw, s = 8): no saturated first layer;
   - z scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871), so the
     output depends on z from the start; z enters unscaled (Ha multiplies it by s);
-  - weights N(0, 1/fan_in), tanh from the first layer on (Ha's GAN code: softplus first): unit-variance layers.
+  - hidden weights N(0, 1/fan_in), the first layer's input variance 1 from the pixel and 1/2 from z; tanh from the
+    first layer on (Ha's GAN code: softplus first).
 - The CPPN's Adam alpha is 10x the critic's (--cppn-lr-mul; Alg. 1: one alpha): Adam moves a weight by about alpha,
   and the CPPN's weights start ~4x larger than the DCGAN generator's. Against a critic narrower than the default
   (--width 16) this step was seen to collapse G to one shape (docs/cppn.md).

@@ -10,7 +10,8 @@ Deviations from the paper / official code:
 - The generator maximises log D(G(z)) (the paper's section 3 suggestion, "non-saturating"); Algorithm 1's
   log(1 - D(G(z))) is --saturating. Batch 64 as in the other scripts (DCGAN used 128).
 - Networks in pytorch/examples' dcgan layout (at 64x64, 512 channels at 4x4 where the DCGAN paper has 1024), but
-  z (128, not 100) enters through a Linear layer, the critic ends in one, and the convs have biases (theirs: none).
+  z (128, not 100) enters through a Linear layer, the critic ends in one, and the critic's convs and G's output
+  have biases (theirs: none).
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
 - Samples come from a moving average of G's weights (--ema 0.999; Yazici et al. 2019, arXiv:1806.04498), not G, in
   eval mode; the official codes sample G in train mode (BatchNorm's batch statistics): compare FIDs sampled alike.

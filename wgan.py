@@ -11,8 +11,8 @@ Deviations from the paper / official code:
   generator E[D(G(z))]), so its critic and loss curves are the negatives of ours.
 - The official code clips at the start of each critic step, so the generator trains against an unclipped critic;
   here clipping follows each critic update (Alg. 1 l.7). Its 100-step critic schedule is --official-schedule.
-- z is 128-d (official: nz 100); G starts with a Linear layer from z, the critic ends with one, and the convs have
-  biases (official: convolutions only, no biases), as in the other scripts.
+- z is 128-d (official: nz 100); G starts with a Linear layer from z, the critic ends with one, and the critic's convs
+  and G's output have biases (official: convolutions only, no biases), as in the other scripts.
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
 - Samples come from a moving average of G's weights (--ema 0.999; Yazici et al. 2019, arXiv:1806.04498), not G, in
   eval mode; the official codes sample G in train mode (BatchNorm's batch statistics): compare FIDs sampled alike.

@@ -10,7 +10,7 @@ Deviations from the paper / official code:
 - DCGAN-style networks, one skeleton for the four scripts (the paper's CIFAR-10 and LSUN results use ResNets).
 - No normalisation in the critic (section 4 rules out BatchNorm); the official gan_64x64.py's has layer norm.
 - Adam beta1 = 0, Alg. 1's; the official gan_cifar.py and gan_mnist.py use 0.5 (gan_mnist.py: batch 50).
-- 4x4 kernels, as DCGAN's, where the official DCGAN-size code uses 5x5.
+- 4x4 kernels, as pytorch/examples' dcgan, where DCGAN's own code and the official DCGAN-size code use 5x5.
 - Weights start from N(0, 0.02) as in DCGAN; real batches are random indices drawn with replacement, not epochs.
 - Samples come from a moving average of G's weights (--ema 0.999; Yazici et al. 2019, arXiv:1806.04498), not G, in
   eval mode; the official codes sample G in train mode (BatchNorm's batch statistics): compare FIDs sampled alike.
