@@ -139,7 +139,7 @@ def get_args(argv=None):
     p.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step; Alg. 1: 5")
     p.add_argument("--lr", type=float, default=5e-5, help="RMSProp step size (Alg. 1's alpha): 5e-5")
     p.add_argument("--clip", type=float, default=0.01, help="clipping bound c; Alg. 1: 0.01")
-    p.add_argument("--official-schedule", action=argparse.BooleanOptionalAction, help="official n_critic; default: off")
+    p.add_argument("--official-schedule", action=argparse.BooleanOptionalAction, help="n_critic 100 early; default off")
     p.add_argument("--z-dim", type=int, default=128, help="latent size (default: 128)")
     p.add_argument("--width", type=int, default=64, help="base channel width (default: 64, DCGAN's)")
     p.add_argument("--ema", type=float, default=0.999, help="samples from G's weight average (default: 0.999; 0: G)")
