@@ -4,9 +4,10 @@
     python tools/cppn_lab.py gan DIGITS VARIANT [--iters 1500] # train through main(), score every --every
     python tools/cppn_lab.py gan DIGITS VARIANT --out DIR      # keep the run in DIR/VARIANT; go on from it later
 
-DIGITS is a folder from `python tools/digits.py make`. A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's
-generator, for comparison; with `gan`, "wgan_gp" runs wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and
-"script*C" cppn_wgan_gp.py with --cppn-lr-mul C).
+DIGITS is a folder from `python tools/digits.py make` (or `make --set shapes`). `gan` prints, for G and for its
+weight average, the FID of 1,000 samples in the classifier's features and the modes: classes holding >= 5% of them.
+A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's generator, for comparison; with `gan`, "wgan_gp" runs
+wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and "script*C" cppn_wgan_gp.py with --cppn-lr-mul C).
 "base" is the layout of Ha's random-art CPPN (raw x, y, r at s = 8 and z into the first of four tanh layers) with
 PyTorch's default initialisation, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one
 thread (--threads); give each its own process to run several side by side.

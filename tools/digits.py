@@ -51,9 +51,8 @@ def shapes(n=10000, seed=0, side=32, canvas=64):
         if k < 2:
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=255, width=w)
         elif k < 6:
-            m = 4 if k < 4 else 3
-            draw.polygon([at(math.pi / 4 + j * 2 * math.pi / m if m == 4 else -math.pi / 2 + j * 2 * math.pi / 3)
-                          for j in range(m)], fill=fill, outline=255, width=w)  # fmt: skip
+            m, t0 = (4, math.pi / 4) if k < 4 else (3, -math.pi / 2)  # a square on its side, a triangle on its base
+            draw.polygon([at(t0 + j * 2 * math.pi / m) for j in range(m)], fill=fill, outline=255, width=w)
         elif k < 8:
             for t in (0, math.pi / 2) if k == 6 else (math.pi / 4, 3 * math.pi / 4):
                 draw.line([at(t), at(t + math.pi)], fill=255, width=w)
