@@ -19,12 +19,11 @@ from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import save_image
 
 NATIVE_SIZE = {"digits": 32, "mnist": 28, "cifar10": 32, "stl10": 96}  # a folder's: default_size
-GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # On --resume these are this run's, never the checkpoint's: they say where and how it runs, not what it trains.
 NOT_INHERITED = {"resume", "generate", "render", "out", "device", "cuda_graph", "bf16"}
 NETWORK_FLAGS = ["size", "z_dim", "width", "cppn_width", "cppn_depth"]  # fixed by a checkpoint's weights
 RESUME_RULE = "flags given take effect (network sizes must match); the rest comes from the checkpoint"
-FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags it applies to, in any of the scripts)
+FLAG_RANGES = {  # allowed range, as the error states it: (its test, the flags of any of the scripts it applies to)
     ">= 1": (
         lambda v: v >= 1,
         "size batch_size iters n_critic z_dim width cppn_width log_every sample_every ckpt_every n",
@@ -37,24 +36,18 @@ FLAG_RANGES = {  # allowed range, as the error states it: (test, the flags it ap
 
 
 def finish_args(args, ckpt, script, fits):
-    """Check ranges, that sampling has a checkpoint, the data; fill in --size (default_size) and --out (the
-    checkpoint's folder, or runs/SCRIPT-DATA-SIZE); check fits(size) (raises if the networks cannot take it),
-    --device, what a checkpoint fixes (network sizes; to train, --coord-scale and --iters); last, that --out holds
-    no other run and --generate's folder no files."""
-    check_ranges(args)
+    """Check the flags and data; fill in --size (default_size) and --out (the checkpoint's folder, else runs/SCRIPT-
+    DATA-SIZE); check fits(size), --device, what a checkpoint fixes; last, an --out or --generate folder in use."""
     sampling = args.generate or getattr(args, "render", 0)
-    if sampling and not ckpt:
-        raise SystemExit(f"error: --{'generate N' if args.generate else 'render SIZE'} needs --resume CKPT")
     if ckpt and args.dataset == "digits" and args.data_root == ckpt["args"].get("data_root"):
         args.data_root = None  # inherited from a checkpoint on other data, not typed: the digits read none
-    if not sampling:  # sampling reads no data
-        check_data(args)
+    check_flags(args, data=not sampling)  # sampling reads no data
+    if sampling and not ckpt:
+        raise SystemExit(f"error: --{'generate N' if args.generate else 'render SIZE'} needs --resume CKPT")
     args.size = default_size(args, fits) if args.size is None else args.size
-    if not args.out and ckpt:
-        args.out = os.path.dirname(os.path.abspath(args.resume))
-    elif not args.out:
-        data = os.path.basename(os.path.abspath(args.data_root)) if args.dataset == "folder" else args.dataset
-        args.out = f"runs/{script}-{data}-{args.size}"
+    if not args.out:
+        data = os.path.basename(os.path.abspath(args.data_root or "")) if args.dataset == "folder" else args.dataset
+        args.out = os.path.dirname(os.path.abspath(args.resume)) if ckpt else f"runs/{script}-{data}-{args.size}"
     fits(args.size)
     pick_device(args.device, args.cuda_graph)  # a bad --device fails before --out is looked at
     for name in (NETWORK_FLAGS + ([] if sampling else ["coord_scale"])) if ckpt else []:  # a drawing may rescale
@@ -71,23 +64,20 @@ def finish_args(args, ckpt, script, fits):
         refuse_nonempty(os.path.join(args.out, "generated"))
 
 
-def check_ranges(args):
+def check_flags(args, data=True):
+    """Every flag in its range; with `data`: --dataset known, a folder's --data-root a folder, the digits' none."""
     for allowed, (ok, names) in FLAG_RANGES.items():
         for name in names.split():
-            v = getattr(args, name, None)
-            if v is not None and not (math.isfinite(v) and ok(v)):
+            if (v := getattr(args, name, None)) is not None and not (math.isfinite(v) and ok(v)):
                 raise SystemExit(f"error: --{name.replace('_', '-')} {v} is out of range; allowed: {allowed}")
-
-
-def check_data(args):
-    """--dataset is known; a folder's --data-root is a folder; the digits, drawn here, read none."""
-    if args.dataset not in NATIVE_SIZE and args.dataset != "folder":
+    folder = args.dataset == "folder"
+    if data and not folder and args.dataset not in NATIVE_SIZE:
         raise SystemExit(f"error: unknown --dataset {args.dataset}; choose digits, mnist, cifar10, stl10 or folder")
-    if args.dataset == "folder" and not args.data_root:
+    if data and folder and not args.data_root:
         raise SystemExit("error: --dataset folder needs --data-root DIR, the folder of your images")
-    if args.dataset == "folder" and not os.path.isdir(args.data_root):
+    if data and folder and not os.path.isdir(args.data_root):
         raise SystemExit(f"error: --data-root {args.data_root} is not a folder")
-    if args.dataset == "digits" and args.data_root:
+    if data and args.dataset == "digits" and args.data_root:
         raise SystemExit("error: --dataset digits is drawn in memory and reads no --data-root")
 
 
@@ -143,10 +133,8 @@ def load_dataset(name, root, size, device, channels=None):
             resized = (F.interpolate(c.float(), size, mode="bicubic", antialias=True) for c in x.split(4096))
             x = torch.cat([c.round().clamp(0, 255).to(torch.uint8) for c in resized])
     if channels and x.shape[1] != channels:
-        raise SystemExit(
-            f"error: --dataset {name}{f' --data-root {root}' if root else ''} has {x.shape[1]}-channel images, the "
-            f"checkpoint was trained on {channels}"
-        )
+        where = f"--dataset {name}" + (f" --data-root {root}" if root else "")
+        raise SystemExit(f"error: {where} has {x.shape[1]}-channel images, the checkpoint was trained on {channels}")
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")  # on CPU: already loaded
     if x.numel() > 0.7 * free:  # leave room for the networks and their activations
         raise SystemExit(f"error: {name} at size {size} needs {x.numel() / 2**30:.1f} GiB but {device} has "
@@ -173,12 +161,11 @@ def digits(n=10000, seed=0, side=32, canvas=64):
         im, height = glyphs[label, rng.choice([0, 0, 1, 2, 3])]
         a, shear, k = math.radians(rng.uniform(-12, 12)), rng.uniform(-0.25, 0.25), rng.uniform(0.85, 1.15)
         k = height / (k * 0.6 * side)  # the inverse scale: digits about 0.6 of the side high
-        dx, dy, c, s = rng.uniform(-2, 2), rng.uniform(-2, 2), k * math.cos(a), k * math.sin(a)
+        dx, dy, blur = rng.uniform(-2, 2), rng.uniform(-2, 2), rng.random() * 0.75
+        c, s = k * math.cos(a), k * math.sin(a)
         m = [c, shear * k - s, 0, s, c, 0]  # an output pixel -> the glyph's: rotated, sheared, scaled, shifted
         m[2], m[5] = canvas / 2 - m[0] * (h + dx) - m[1] * (h + dy), canvas / 2 - m[3] * (h + dx) - m[4] * (h + dy)
-        im = im.transform((side, side), Image.AFFINE, m, Image.BICUBIC).filter(
-            ImageFilter.GaussianBlur(rng.random() * 0.75)
-        )
+        im = im.transform((side, side), Image.AFFINE, m, Image.BICUBIC).filter(ImageFilter.GaussianBlur(blur))
         x[i, 0] = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(side, side)
     return x, y
 
@@ -199,33 +186,29 @@ def _load_torchvision(name, root):
     return x.permute(0, 3, 1, 2) if x.shape[-1] == 3 else x  # CIFAR-10 stores (N, 32, 32, 3)
 
 
-def _to_rgb(im):
-    """Any mode -> 8-bit RGB: integer gray by the 16-bit range, float gray by its own; transparency onto white."""
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        v = pil_to_tensor(im.convert("F"))  # (1, H, W) float32, exact for 16-bit values
-        lo, hi = (v.min(), v.max()) if im.mode == "F" else (0, 65535)
-        im = to_pil_image(((v - lo) * 255 / max(hi - lo, 1e-12)).round().clamp(0, 255).to(torch.uint8))
-    if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:
-        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-    return im.convert("RGB")
-
-
 def image_paths(root):
     ext = {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}
     return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if os.path.splitext(f)[1].lower() in ext)
 
 
 def _load_folder(root, size):
-    """Every image under root made RGB (_to_rgb), centre-cropped and resized; 1 channel if all are gray."""
+    """Every image under root in 8-bit RGB, centre-cropped and resized (1 channel if all are gray)."""
     images, gray, bad = [], True, []
     for p in image_paths(root):
         try:
             with Image.open(p) as im:
-                mode, im = im.mode, ImageOps.fit(_to_rgb(ImageOps.exif_transpose(im)), (size, size), Image.BICUBIC)
+                im, mode = ImageOps.exif_transpose(im), im.mode
+                if mode in ("I", "F") or mode.startswith("I;16"):  # integer gray by the 16-bit range, float by its own
+                    v = pil_to_tensor(im.convert("F"))  # (1, H, W) float32, exact for 16-bit values
+                    lo, hi = (v.min(), v.max()) if mode == "F" else (0, 65535)
+                    im = to_pil_image(((v - lo) * 255 / max(hi - lo, 1e-12)).round().clamp(0, 255).to(torch.uint8))
+                if im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info:  # onto white
+                    im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+                im = ImageOps.fit(im.convert("RGB"), (size, size), Image.BICUBIC)
         except Exception:  # unreadable: skipped, counted, reported
             bad.append(p)
             continue
-        gray &= mode in GRAY_MODES
+        gray &= Image.getmodebase(mode) == "L"
         images.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3))
     if bad:
         print(f"warning: skipped {len(bad)} unreadable image file(s) under {root}, e.g. {bad[0]}")
@@ -252,8 +235,7 @@ def random_picks(x, n):
 
 
 def save_real_grid(x, path, n=64):
-    """An 8x8 grid of training images as trained on (cropped, resized, channels): a bad crop shows at a glance.
-    -> their spread, the yardstick of warn_if_alike."""
+    """An 8x8 grid of training images as trained on: a bad crop shows at a glance. -> warn_if_alike's yardstick."""
     save_grid(real := x[random_picks(x, n).to(x.device)].float() / 127.5 - 1, path)
     return spread(real)
 
@@ -266,10 +248,9 @@ def spread(x):
 def warn_if_alike(samples, real_spread, done, below=0.25):
     """One warning line when the fixed-z samples' spread is under `below` of the real grid's: all alike."""
     if (alike := spread(samples) / real_spread) < below:
-        print(
-            f"warning: iteration {done}: the fixed-z samples are nearly all alike (spread {alike:.2f} of the real "
-            "images'): normal early on, a collapse if it lasts; try a lower --lr, a wider --width or another --seed"
-        )
+        print(f"warning: iteration {done}: the fixed-z samples are nearly all alike (spread {alike:.2f} of the real "
+              "images'): normal early on, a collapse if it lasts; try a lower --lr, a wider --width or another "
+              "--seed")  # fmt: skip
 
 
 def slerp(z0, z1, t):
@@ -308,21 +289,16 @@ def restore(ckpt, args, device, G, D, opt_G, opt_D, G_ema):
             )
     except (KeyError, RuntimeError, ValueError) as e:
         raise SystemExit(f"error: {args.resume} does not fit these settings ({str(e).splitlines()[0]})") from None
-    if args.seed == ckpt["args"]["seed"]:
-        set_rng_state(ckpt["rng"], device)
+    if args.seed == ckpt["args"]["seed"]:  # rng_state's; older checkpoints hold every GPU's: GPU 0's is taken
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if device.type == "cuda" and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"][0], device)  # the training GPU's state, onto this run's
     return ckpt["iter"], ckpt["seconds"], ckpt["fixed_z"].to(device)
 
 
 def rng_state(device):
     """The random state a checkpoint holds: the CPU's, and on CUDA the training device's only."""
     return {"cpu": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []}
-
-
-def set_rng_state(rng, device):
-    """rng_state's inverse, onto this run's device (older checkpoints hold every GPU's state: GPU 0's is taken)."""
-    torch.set_rng_state(rng["cpu"])
-    if device.type == "cuda" and rng["cuda"]:
-        torch.cuda.set_rng_state(rng["cuda"][0], device)
 
 
 def describe(args, ckpt, x, device):

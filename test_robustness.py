@@ -214,7 +214,11 @@ def test_a_checkpoint_from_a_machine_with_more_gpus_restores_on_this_one(monkeyp
     fake = FakeCuda(1)
     monkeypatch.setattr(data.torch, "cuda", fake)
     rng = {"cpu": torch.get_rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}  # trained on 2 GPUs
-    data.set_rng_state(rng, torch.device("cuda", 0))
+    G, opt = torch.nn.Linear(1, 1), types.SimpleNamespace(param_groups=[], load_state_dict=lambda state: None)
+    ckpt = dict(G=G.state_dict(), D=G.state_dict(), opt_G={"param_groups": []}, opt_D={"param_groups": []}, rng=rng)
+    ckpt |= {"args": {"seed": 0}, "iter": 5, "seconds": 1.0, "fixed_z": types.SimpleNamespace(to=lambda d: d)}  # no GPU
+    args = types.SimpleNamespace(ema=0, seed=0, resume="checkpoint.pt")
+    assert data.restore(ckpt, args, torch.device("cuda", 0), G, G, opt, opt, data.EMA(G, 0))[0] == 5
     assert fake.calls == [("set_rng_state", torch.device("cuda", 0))]  # the training device's state, onto this one
 
 

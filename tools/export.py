@@ -24,8 +24,7 @@ def main(argv=None):
     p.add_argument("--export", required=True, metavar="DIR", help="a new or empty folder to write the PNGs to")
     p.add_argument("--n", type=int, help="how many, picked at random (default: all)")
     args = p.parse_args(argv)
-    data.check_ranges(args)
-    data.check_data(args)
+    data.check_flags(args)
     args.size = data.default_size(args, split_size) if args.size is None else args.size  # the scripts' default
     data.refuse_nonempty(args.export)
     x = data.load_dataset(args.dataset, args.data_root, args.size, torch.device("cpu"))
