@@ -3,9 +3,14 @@
     python tools/cppn_lab.py probe DIGITS [VARIANT ...]        # init statistics and a fixed-z fitting race
     python tools/cppn_lab.py gan DIGITS VARIANT [--iters 1500] # train through main(), score every --every
     python tools/cppn_lab.py gan DIGITS VARIANT --out DIR      # keep the run in DIR/VARIANT; go on from it later
+    python tools/cppn_lab.py grid DIR wgan_gp script script*1 --size 32 --iters 1000 --every 250 --jobs 12
 
 DIGITS is a folder from `python tools/digits.py make` (or `make --set shapes`). `gan` prints, for G and for its
 weight average, the FID of 1,000 samples in the classifier's features and the modes: classes holding >= 5% of them.
+`grid` runs `gan` for every set (DIR/digits, DIR/shapes: made when missing), critic width, seed and name, --jobs
+processes at once (each on the default device: a GPU when there is one), appends their lines to DIR/grid.log and
+prints the table issue 27 asks for: per name, set and width, at each report, the fewest modes of G over the seeds
+and its largest FID ratio to wgan_gp.py's run of the same set, width and seed. A run that is done is not rerun.
 A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's generator, for comparison; with `gan`, "wgan_gp" runs
 wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and "script*C" cppn_wgan_gp.py with --cppn-lr-mul C).
 "base" is the layout of Ha's random-art CPPN (raw x, y, r at s = 8 and z into the first of four tanh layers) with
@@ -16,9 +21,12 @@ thread (--threads); give each its own process to run several side by side.
 import argparse
 import contextlib
 import io
+import itertools
 import os
+import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn as nn
@@ -251,9 +259,60 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
         print(f"{name} {' '.join(extra)} | iter {done} | {' | '.join(scores)} | w_dist {w} | {out}", flush=True)
 
 
+def grid(out, names, sets, widths, seeds, size, iters, every, jobs):
+    """Each (set, width, seed, name) as a `gan` process, jobs at once, its lines tagged into OUT/grid.log; the table."""
+    for kind in sets:
+        if not os.path.exists(os.path.join(out, kind, "classifier.pt")):
+            digits.make(os.path.join(out, kind), 2000, kind)
+            digits.classifier(os.path.join(out, kind))
+    log = os.path.join(out, "grid.log")
+
+    def run(key):
+        kind, width, seed, name = key
+        argv = [sys.executable, os.path.abspath(__file__), "gan", os.path.join(out, kind), name, "--size", str(size)]
+        argv += ["--iters", str(iters), "--every", str(every), "--seed", str(seed), "--extra", f"--width {width}"]
+        argv += ["--out", os.path.join(out, "runs", f"{kind}-{size}-w{width}-seed{seed}")]
+        p = subprocess.run(argv, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+        lines = [f"{kind} {size} {width} {seed} {name} | {line}" for line in p.stdout.splitlines()]
+        with open(log, "a") as f:
+            f.writelines(line + "\n" for line in lines)
+        print(*lines, *([f"{key}: exit {p.returncode}: {p.stderr.strip()[-500:]}"] if p.returncode else []), sep="\n")
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(run, itertools.product(sets, widths, seeds, names)))
+    table(log, size)
+
+
+def table(log, size):
+    """grid.log -> per (name, set, width): at each report 'fewest modes of G, largest FID / wgan_gp.py's' over seeds."""
+    cell = {}  # (kind, width, seed, name, iter) -> (fid, modes) of G; a later line replaces an earlier one
+    for line in open(log):
+        tag, rest = line.split(" | ", 1)
+        kind, s, width, seed, name = tag.split()
+        if int(s) == size:
+            parts = rest.split(" | ")  # VARIANT FLAGS | iter N | score FID modes M | ...
+            _, fid, _, modes = parts[2].split()
+            cell[kind, width, seed, name, int(parts[1].split()[1])] = float(fid), int(modes)
+    reports = sorted({k[-1] for k in cell})
+    print(f"| name | set | width | {' | '.join(map(str, reports))} | seeds | 8 modes from 500 | 2x from 1,000 |")
+    print("|---" * (len(reports) + 6) + "|")
+    for name, kind, width in sorted({(k[3], k[0], k[1]) for k in cell}, key=lambda k: (k[0] != "wgan_gp", k)):
+        seeds, row, ok_modes, ok_fid = sorted({k[2] for k in cell if k[3] == name and k[:2] == (kind, width)}), [], 1, 1
+        for r in reports:
+            got = [(cell[kind, width, s, name, r], cell.get((kind, width, s, "wgan_gp", r))) for s in seeds
+                   if (kind, width, s, name, r) in cell]  # fmt: skip
+            modes = min((g[1] for g, _ in got), default=None)
+            ratio = max((g[0] / b[0] for g, b in got if b), default=None) if got and all(b for _, b in got) else None
+            row.append("" if modes is None else f"{modes}" + ("" if ratio is None else f", {ratio:.1f}x"))
+            ok_modes &= modes is None or r < 500 or modes >= 8
+            ok_fid &= ratio is None or r < 1000 or ratio <= 2
+        verdict = [("-" if reports[-1] < r else "yes" if ok else "no") for r, ok in ((500, ok_modes), (1000, ok_fid))]
+        print(f"| {name} | {kind} | {width} | {' | '.join(row)} | {len(seeds)} | {' | '.join(verdict)} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("cmd", choices=["probe", "gan"])
+    p.add_argument("cmd", choices=["probe", "gan", "grid"])
     p.add_argument("root")
     p.add_argument("names", nargs="*")
     p.add_argument("--size", type=int, default=16)
@@ -265,10 +324,16 @@ def main():
     p.add_argument("--extra", default="--width 32", help="more script flags (default: --width 32)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: one run per core)")
     p.add_argument("--out", help="gan: the run's folder; one holding a checkpoint is continued (default: a new one)")
+    p.add_argument("--sets", nargs="+", default=["digits", "shapes"], help="grid: the data sets (default: both)")
+    p.add_argument("--widths", nargs="+", type=int, default=[16, 64], help="grid: critic widths (default: 16 64)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="grid: seeds (default: 0 1 2)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count(), help="grid: runs at once (default: one per core)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.cmd == "probe":
         probe(a.root, a.names or ["dcgan", *VARIANTS], a.size, steps=a.steps, lr=a.lr)
+    elif a.cmd == "grid":
+        grid(a.root, a.names, a.sets, a.widths, a.seeds, a.size, a.iters, a.every, a.jobs)
     else:
         for name in a.names:
             gan(a.root, name, a.iters, a.every, a.size, a.extra.split(), a.seed, a.out and os.path.join(a.out, name))
