@@ -9,10 +9,11 @@ DIGITS is a folder from `python tools/digits.py make` (or `make --set shapes`). 
 weight average, the FID of 1,000 samples in the classifier's features and the modes: classes holding >= 5% of them.
 `grid` runs `gan` for every set (DIR/digits, DIR/shapes: made when missing), critic width, seed and name, --jobs
 processes at once (each on the default device: a GPU when there is one), appends their lines to DIR/grid.log and
-prints the table issue 27 asks for: per name, set and width, at each report, the fewest modes of G over the seeds
+prints a table: per name, set and width, at each report, the fewest modes of G over the seeds
 and its largest FID ratio to wgan_gp.py's run of the same set, width and seed. A run that is done is not rerun.
 A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's generator, for comparison; with `gan`, "wgan_gp" runs
-wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and "script*C" cppn_wgan_gp.py with --cppn-lr-mul C).
+wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and "script*C" cppn_wgan_gp.py with --cppn-lr-mul C; "script*C,D"
+takes C up to the first report, then D, and so on, the last to the end: a step-size schedule by resuming).
 "base" is the layout of Ha's random-art CPPN (raw x, y, r at s = 8 and z into the first of four tanh layers) with
 PyTorch's default initialisation, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one
 thread (--threads); give each its own process to run several side by side.
@@ -218,9 +219,9 @@ def probe(root, names, size=16, width=128, steps=400, lr=1e-4, n=256):
 def gan(root, name, iters, every, size, extra, seed=0, out=None):
     """Train through the script's own main() (the variant patched in), score with digits.py after every `every`.
     With `out` holding a checkpoint from an earlier call, go on from it (resumes are exact: same result)."""
-    module = wgan_gp if name == "wgan_gp" else cppn_wgan_gp
-    if name.startswith("script*"):  # "script*C": cppn_wgan_gp.py as it is, with --cppn-lr-mul C
-        extra = ["--cppn-lr-mul", name[7:]] + extra
+    module, muls = wgan_gp if name == "wgan_gp" else cppn_wgan_gp, name[7:].split(",")
+    if name.startswith("script*"):  # "script*C": cppn_wgan_gp.py as it is, with --cppn-lr-mul C; C,D,...: C, then D
+        extra = ["--cppn-lr-mul", muls[0]] + extra  # from the second report on (resumed with it), ..., the last after
     elif name not in ("wgan_gp", "script"):  # "script": cppn_wgan_gp.py as it is
         extra = ["--coord-scale", "8"] + extra  # Ha's s (the Fourier variants set their own)
         module.Generator = lambda z_dim, ch, s, w, depth=3, scale=8.0: make_generator(
@@ -233,7 +234,8 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
     start = torch.load(path, weights_only=False)["iter"] if os.path.exists(path) else 0
     base = ["--dataset", "folder", "--data-root", os.path.join(root, "train"), "--size", str(size), "--seed", str(seed)]
     for done in range(start - start % every + every, iters + 1, every):
-        argv = ["--resume", path] if os.path.exists(path) else base + extra + ["--out", out]
+        mul = ["--cppn-lr-mul", muls[min(done // every - 1, len(muls) - 1)]] if "," in name else []
+        argv = ["--resume", path] + mul if os.path.exists(path) else base + extra + ["--out", out]
         with contextlib.redirect_stdout(io.StringIO()) as log:
             module.main(argv + ["--iters", str(done), "--log-every", str(every), "--sample-every", str(iters)])
         line = [s for s in log.getvalue().splitlines() if s.startswith("iter")][-1]
