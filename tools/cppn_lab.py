@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -258,7 +259,7 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
                 fid = digits.frechet(digits.stats(net, x), ref)
                 scores.append(f"{'score' if key == 'G' else 'ema score'} {fid:.1f} modes {modes}")
         w = line.split("w_dist ")[1].split()[0]
-        print(f"{name} {' '.join(extra)} | iter {done} | {' | '.join(scores)} | w_dist {w} | {out}", flush=True)
+        print(f"{name} {' '.join(extra + mul)} | iter {done} | {' | '.join(scores)} | w_dist {w} | {out}", flush=True)
 
 
 def grid(out, names, sets, widths, seeds, size, iters, every, jobs):
@@ -274,11 +275,16 @@ def grid(out, names, sets, widths, seeds, size, iters, every, jobs):
         argv = [sys.executable, os.path.abspath(__file__), "gan", os.path.join(out, kind), name, "--size", str(size)]
         argv += ["--iters", str(iters), "--every", str(every), "--seed", str(seed), "--extra", f"--width {width}"]
         argv += ["--out", os.path.join(out, "runs", f"{kind}-{size}-w{width}-seed{seed}")]
-        p = subprocess.run(argv, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
-        lines = [f"{kind} {size} {width} {seed} {name} | {line}" for line in p.stdout.splitlines()]
-        with open(log, "a") as f:
-            f.writelines(line + "\n" for line in lines)
-        print(*lines, *([f"{key}: exit {p.returncode}: {p.stderr.strip()[-500:]}"] if p.returncode else []), sep="\n")
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as p:
+            for line in p.stdout:  # each report into the log as it comes: a grid stopped and rerun loses none
+                with lock, open(log, "a") as f:
+                    print(line := f"{kind} {size} {width} {seed} {name} | {line.rstrip()}", file=f, flush=True)
+                print(line, flush=True)
+            if p.wait():
+                print(f"{key}: exit {p.returncode}: {p.stderr.read().strip()[-500:]}", flush=True)
+
+    lock = threading.Lock()
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(run, itertools.product(sets, widths, seeds, names)))
@@ -299,17 +305,21 @@ def table(log, size):
     print(f"| name | set | width | {' | '.join(map(str, reports))} | seeds | 8 modes from 500 | 2x from 1,000 |")
     print("|---" * (len(reports) + 6) + "|")
     for name, kind, width in sorted({(k[3], k[0], k[1]) for k in cell}, key=lambda k: (k[0] != "wgan_gp", k)):
-        seeds, row, ok_modes, ok_fid = sorted({k[2] for k in cell if k[3] == name and k[:2] == (kind, width)}), [], 1, 1
+        seeds = sorted({k[2] for k in cell if k[3] == name and k[:2] == (kind, width)})
+        row, marks = [], {500: [], 1000: []}  # per report from 500 (1,000) on: "yes", "no" or "?" (a run missing)
         for r in reports:
-            got = [(cell[kind, width, s, name, r], cell.get((kind, width, s, "wgan_gp", r))) for s in seeds
-                   if (kind, width, s, name, r) in cell]  # fmt: skip
-            modes = min((g[1] for g, _ in got), default=None)
-            ratio = max((g[0] / b[0] for g, b in got if b), default=None) if got and all(b for _, b in got) else None
+            got = [cell.get((kind, width, s, name, r)) for s in seeds]
+            base = [cell.get((kind, width, s, "wgan_gp", r)) for s in seeds]
+            pairs = [(g[0], b[0]) for g, b in zip(got, base) if g and b]
+            modes = min((g[1] for g in got if g), default=None)
+            ratio = max((f / max(b, 1e-9) for f, b in pairs), default=None)
             row.append("" if modes is None else f"{modes}" + ("" if ratio is None else f", {ratio:.1f}x"))
-            ok_modes &= modes is None or r < 500 or modes >= 8
-            ok_fid &= ratio is None or r < 1000 or ratio <= 2
-        verdict = [("-" if reports[-1] < r else "yes" if ok else "no") for r, ok in ((500, ok_modes), (1000, ok_fid))]
-        print(f"| {name} | {kind} | {width} | {' | '.join(row)} | {len(seeds)} | {' | '.join(verdict)} |")
+            if r >= 500 and modes is not None:
+                marks[500].append("no" if modes < 8 else "?" if None in got else "yes")
+            if r >= 1000 and modes is not None:
+                marks[1000].append("no" if ratio and ratio > 2 else "?" if len(pairs) < len(seeds) else "yes")
+        verdict = {t: next((v for v in ("no", "?", "yes") if v in m), "-") for t, m in marks.items()}
+        print(f"| {name} | {kind} | {width} | {' | '.join(row)} | {len(seeds)} | {verdict[500]} | {verdict[1000]} |")
 
 
 def main():
