@@ -18,8 +18,8 @@ Deviations from the paper / official code:
   - hidden weights N(0, 1/fan_in), the first layer's input variance 1 from the pixel and 1/2 from z; tanh from the
     first layer on (Ha's GAN code: softplus first).
 - The CPPN's Adam alpha is 10x the critic's (--cppn-lr-mul; Alg. 1: one alpha): Adam moves a weight by about alpha,
-  and the CPPN's weights start ~4x larger than the DCGAN generator's. Against a critic narrower than the default
-  (--width 16) G collapses to a few shapes (at 32x32 at 10x, not at 1x; at 16x16 at both: docs/cppn.md).
+  and the CPPN's weights start ~4x larger than the DCGAN generator's. Against --width 16 it collapses G to a few
+  shapes (3x nearly so; 1x does not, but is 6x slower against the default critic: docs/cppn.md).
 - Pixel centres, not linspace(-s, s): drawn at 4S and average-pooled by 4, an image comes close to the one at S.
 - A tanh output into [-1, 1], like the data (the known CPPN-WGAN-GP code's CIFAR-10 script: a sigmoid).
 - The critic has DCGAN's N(0, 0.02) initialisation; the CPPN has no BatchNorm, so train and eval mode agree.
