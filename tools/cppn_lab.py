@@ -9,8 +9,8 @@ DIGITS is a folder from `python tools/digits.py make` (or `make --set shapes`). 
 weight average, the FID of 1,000 samples in the classifier's features and the modes: classes holding >= 5% of them.
 `grid` runs `gan` for every set (DIR/digits, DIR/shapes: made when missing), critic width, seed and name, --jobs
 processes at once (each on the default device: a GPU when there is one), appends their lines to DIR/grid.log and
-prints a table: per name, set and width, at each report, the fewest modes of G over the seeds
-and its largest FID ratio to wgan_gp.py's run of the same set, width and seed. A run that is done is not rerun.
+prints a table: per name, set and width, at each report, the fewest modes of G over the seeds and its largest FID
+ratio to wgan_gp.py's run of the same set, width and seed. A run that is done is not rerun.
 A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's generator, for comparison; with `gan`, "wgan_gp" runs
 wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and "script*C" cppn_wgan_gp.py with --cppn-lr-mul C; "script*C,D"
 takes C up to the first report, then D, and so on, the last to the end: a step-size schedule by resuming).
@@ -220,9 +220,10 @@ def probe(root, names, size=16, width=128, steps=400, lr=1e-4, n=256):
 def gan(root, name, iters, every, size, extra, seed=0, out=None):
     """Train through the script's own main() (the variant patched in), score with digits.py after every `every`.
     With `out` holding a checkpoint from an earlier call, go on from it (resumes are exact: same result)."""
-    module, muls = wgan_gp if name == "wgan_gp" else cppn_wgan_gp, name[7:].split(",")
-    if name.startswith("script*"):  # "script*C": cppn_wgan_gp.py as it is, with --cppn-lr-mul C; C,D,...: C, then D
-        extra = ["--cppn-lr-mul", muls[0]] + extra  # from the second report on (resumed with it), ..., the last after
+    module = wgan_gp if name == "wgan_gp" else cppn_wgan_gp
+    muls = name[7:].split(",") if name.startswith("script*") else []  # "script*C,D": C to the first report, then D
+    if muls:  # "script*C": cppn_wgan_gp.py as it is, with --cppn-lr-mul C
+        extra = ["--cppn-lr-mul", muls[0]] + extra
     elif name not in ("wgan_gp", "script"):  # "script": cppn_wgan_gp.py as it is
         extra = ["--coord-scale", "8"] + extra  # Ha's s (the Fourier variants set their own)
         module.Generator = lambda z_dim, ch, s, w, depth=3, scale=8.0: make_generator(
@@ -235,7 +236,7 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
     start = torch.load(path, weights_only=False)["iter"] if os.path.exists(path) else 0
     base = ["--dataset", "folder", "--data-root", os.path.join(root, "train"), "--size", str(size), "--seed", str(seed)]
     for done in range(start - start % every + every, iters + 1, every):
-        mul = ["--cppn-lr-mul", muls[min(done // every - 1, len(muls) - 1)]] if "," in name else []
+        mul = ["--cppn-lr-mul", muls[min(done // every - 1, len(muls) - 1)]] if len(muls) > 1 else []  # on resuming
         argv = ["--resume", path] + mul if os.path.exists(path) else base + extra + ["--out", out]
         with contextlib.redirect_stdout(io.StringIO()) as log:
             module.main(argv + ["--iters", str(done), "--log-every", str(every), "--sample-every", str(iters)])
@@ -268,7 +269,7 @@ def grid(out, names, sets, widths, seeds, size, iters, every, jobs):
         if not os.path.exists(os.path.join(out, kind, "classifier.pt")):
             digits.make(os.path.join(out, kind), 2000, kind)
             digits.classifier(os.path.join(out, kind))
-    log = os.path.join(out, "grid.log")
+    log, lock = os.path.join(out, "grid.log"), threading.Lock()
 
     def run(key):
         kind, width, seed, name = key
@@ -284,8 +285,6 @@ def grid(out, names, sets, widths, seeds, size, iters, every, jobs):
             if p.wait():
                 print(f"{key}: exit {p.returncode}: {p.stderr.read().strip()[-500:]}", flush=True)
 
-    lock = threading.Lock()
-
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(run, itertools.product(sets, widths, seeds, names)))
     table(log, size)
@@ -294,7 +293,9 @@ def grid(out, names, sets, widths, seeds, size, iters, every, jobs):
 def table(log, size):
     """grid.log -> per (name, set, width): at each report 'fewest modes of G, largest FID / wgan_gp.py's' over seeds."""
     cell = {}  # (kind, width, seed, name, iter) -> (fid, modes) of G; a later line replaces an earlier one
-    for line in open(log):
+    with open(log) as f:
+        lines = f.read().splitlines()
+    for line in lines:
         tag, rest = line.split(" | ", 1)
         kind, s, width, seed, name = tag.split()
         if int(s) == size:
