@@ -13,7 +13,9 @@ prints a table: per name, set and width, at each report, the fewest modes of G o
 ratio to wgan_gp.py's run of the same set, width and seed. A run that is done is not rerun.
 A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's generator, for comparison; with `gan`, "wgan_gp" runs
 wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and "script*C" cppn_wgan_gp.py with --cppn-lr-mul C; "script*C,D"
-takes C up to the first report, then D, and so on, the last to the end: a step-size schedule by resuming).
+takes C up to the first report, then D, and so on, the last to the end: a step-size schedule by resuming;
+"script+RULE" or "script*C+RULE" patches in a rule of STEP_RULES (step sizes by layer) or of model_rule (the CPPN's
+first layer)).
 "base" is the layout of Ha's random-art CPPN (raw x, y, r at s = 8 and z into the first of four tanh layers) with
 PyTorch's default initialisation, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one
 thread (--threads); give each its own process to run several side by side.
@@ -149,6 +151,75 @@ VARIANTS = {  # name -> CPPN options (scale is --coord-scale's, 8 unless set her
 }
 
 
+STEP_RULES = {  # "script*C+RULE": factors on the CPPN's step size by parameter name (biases take their layer's)
+    "rel": {"fc_xy": 2**0.5, "fc_z": 2**-0.5, "film": 0.1},  # each layer's step in proportion to its init std
+    "film1": {"film": 0.1},  # the FiLM layers at a tenth (at C = 10: the critic's alpha), the rest at C
+}
+
+
+class RowNorm(nn.Module):
+    """W = gain * V / ||V's rows||: each unit's input from z ~ N(0, I) keeps variance gain^2 however V is trained
+    (weight normalization, Salimans & Kingma 2016, with a fixed gain: the analytic BatchNorm of a linear map of z)."""
+
+    def __init__(self, gain):
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, v):
+        return self.gain * v / v.norm(dim=1, keepdim=True)
+
+
+MODEL_RULES = {  # "script*C+RULE": the script's CPPN with its first layer's rows at a fixed norm
+    "znorm": {"fc_z": 2**-0.5},  # z's share of the first layer's input variance stays 1/2
+    "znorm+xynorm": {"fc_z": 2**-0.5, "fc_xy": 2**0.5},  # and the pixel's ~1
+}
+
+
+def model_rule(module, rule):
+    """Patch `module`'s Generator: the layers of `rule` get RowNorm parametrizations of their init's norm; "mult":
+    the first layer's input is sqrt(2) (W_z z) * (W_xy features), without W_z's bias: zero mean over z at every pixel
+    (as a DCGAN generator's first layer, BatchNorm after W_z z), so no pixel pattern is free of z there."""
+
+    class Generator(module.Generator):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            for key, gain in MODEL_RULES.get(rule, {}).items():
+                nn.utils.parametrize.register_parametrization(getattr(self, key), "weight", RowNorm(gain))
+            if rule == "mult":
+                self.fc_z.register_parameter("bias", None)
+
+        def pixels(self, xy, h_z, film):
+            if rule != "mult":
+                return super().pixels(xy, h_z, film)
+            a = xy @ self.freq
+            h = torch.tanh(2**0.5 * h_z * self.fc_xy(torch.cat([a.sin(), a.cos()], -1)))
+            for fc, (g, b) in zip(self.hidden, film):
+                h = torch.tanh(fc(h) * (1 + g) + b)
+            return torch.tanh(self.out(h))
+
+    module.Generator = Generator
+
+
+def step_rule(module, rule):
+    """Patch `module`'s Generator and torch.optim.Adam so that the CPPN's Adam has one group per factor of `rule`."""
+    factors, real = STEP_RULES[rule], torch.optim.Adam
+
+    class Generator(module.Generator):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            for n, p in self.named_parameters():
+                p.lab_factor = next((f for key, f in factors.items() if n.startswith(key)), 1.0)
+
+    def adam(params, lr, **k):
+        params = list(params)
+        if not hasattr(params[0], "lab_factor"):  # the critic's
+            return real(params, lr=lr, **k)
+        fs = sorted({p.lab_factor for p in params})
+        return real([{"params": [p for p in params if p.lab_factor == f], "lr": lr * f} for f in fs], lr=lr, **k)
+
+    module.Generator, torch.optim.Adam = Generator, adam
+
+
 def make_generator(name, z_dim, channels, size, width, depth=3, scale=8.0):
     if name == "dcgan":
         return wgan_gp.Generator(z_dim, channels, size, 64)
@@ -221,7 +292,10 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
     """Train through the script's own main() (the variant patched in), score with digits.py after every `every`.
     With `out` holding a checkpoint from an earlier call, go on from it (resumes are exact: same result)."""
     module = wgan_gp if name == "wgan_gp" else cppn_wgan_gp
+    label, (name, _, rule) = name, name.partition("+") if name.startswith("script") else (name, "", "")
     muls = name[7:].split(",") if name.startswith("script*") else []  # "script*C,D": C to the first report, then D
+    if rule:
+        (step_rule if rule in STEP_RULES else model_rule)(module, rule)
     if muls:  # "script*C": cppn_wgan_gp.py as it is, with --cppn-lr-mul C
         extra = ["--cppn-lr-mul", muls[0]] + extra
     elif name not in ("wgan_gp", "script"):  # "script": cppn_wgan_gp.py as it is
@@ -260,7 +334,7 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
                 fid = digits.frechet(digits.stats(net, x), ref)
                 scores.append(f"{'score' if key == 'G' else 'ema score'} {fid:.1f} modes {modes}")
         w = line.split("w_dist ")[1].split()[0]
-        print(f"{name} {' '.join(extra + mul)} | iter {done} | {' | '.join(scores)} | w_dist {w} | {out}", flush=True)
+        print(f"{label} {' '.join(extra + mul)} | iter {done} | {' | '.join(scores)} | w_dist {w} | {out}", flush=True)
 
 
 def grid(out, names, sets, widths, seeds, size, iters, every, jobs):
