@@ -13,13 +13,14 @@ Deviations from the paper / official code:
   wgan_gp.py's generator here (the measurements: docs/cppn.md). Each pixel is still a function of its (x, y) and z:
   - (x, y) enter as 128 Fourier features [sin, cos](F (x, y)), F ~ N(0, 1) fixed (Tancik et al. 2020,
     arXiv:2006.10739), x, y in [-s, s], s = 2 (--coord-scale; Ha: raw, s = 8): no saturated first layer;
-  - z scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871), so the
-    output depends on z from the start; z enters unscaled (Ha multiplies it by s);
-  - hidden weights N(0, 1/fan_in), the first layer's input variance 1 from the pixel and 1/2 from z; tanh from the
-    first layer on (Ha's GAN code: softplus first).
+  - z multiplies them in the first layer, tanh((W_xy features) * (W_z z)), W_z without a bias (Ha adds z, scaled by
+    s): zero mean over z at every pixel, as after a DCGAN generator's first BatchNorm, so no image is free of z;
+    with z added, G drew one z-free shape against --width 16 (a collapse: docs/cppn.md);
+  - z scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871);
+  - hidden weights N(0, 1/fan_in), the first layer's input variance 1; tanh from the first layer on (Ha's GAN code:
+    softplus first).
 - The CPPN's Adam alpha is 10x the critic's (--cppn-lr-mul; Alg. 1: one alpha): Adam moves a weight by about alpha,
-  and the CPPN's weights start ~4x larger than the DCGAN generator's. Against --width 16 it collapses G to a few
-  shapes (3x nearly so; 1x does not, but is 6x slower against the default critic: docs/cppn.md).
+  and the CPPN's weights start ~4x larger than the DCGAN generator's; at 1x (z added) it fell 6x behind wgan_gp.py.
 - Pixel centres, not linspace(-s, s): drawn at 4S and average-pooled by 4, an image comes close to the one at S.
 - A tanh output into [-1, 1], like the data (the known CPPN-WGAN-GP code's CIFAR-10 script: a sigmoid).
 - The critic has DCGAN's N(0, 0.02) initialisation; the CPPN has no BatchNorm, so train and eval mode agree.
@@ -63,7 +64,7 @@ def dcgan_init(m):
 
 
 class Generator(nn.Module):
-    """CPPN: every pixel alone from its coordinates and z. Fourier features of (x, y) -> tanh(W_xy . + W_z z) ->
+    """CPPN: every pixel alone from its coordinates and z. Fourier features of (x, y) -> tanh(W_xy . * W_z z) ->
     depth tanh layers, each pre-activation scaled and shifted by z (FiLM) -> tanh, in [-1, 1]."""
 
     def __init__(self, z_dim, channels, size, width, depth=3, scale=2.0, features=64):
@@ -71,7 +72,7 @@ class Generator(nn.Module):
         self.channels, self.size, self.width, self.scale = channels, size, width, scale
         self.register_buffer("freq", torch.randn(2, features))  # fixed frequencies ~ N(0, 1) per unit of x and y
         self.fc_xy = nn.Linear(2 * features, width, bias=False)  # W_xy [sin, cos](freq (x, y)), once per pixel
-        self.fc_z = nn.Linear(z_dim, width)  # W_z z + b, once per sample
+        self.fc_z = nn.Linear(z_dim, width, bias=False)  # W_z z, once per sample; no bias: zero mean over z
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         self.film = nn.ModuleList(nn.Linear(z_dim, 2 * width) for _ in range(depth))  # z -> (gamma - 1, beta)
         self.out = nn.Linear(width, channels)  # no layer couples pixels
@@ -81,7 +82,7 @@ class Generator(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         nn.init.normal_(self.fc_xy.weight, 0.0, features**-0.5)  # sin^2 + cos^2 = 1: variance 1 from the pixel
-        nn.init.normal_(self.fc_z.weight, 0.0, (2 * z_dim) ** -0.5)  # variance 1/2 from z
+        nn.init.normal_(self.fc_z.weight, 0.0, (2 * z_dim) ** -0.5)  # variance 1/2, times 2 in forward
         for m in self.film:  # gamma ~ 1, beta ~ 0 at the start
             nn.init.normal_(m.weight, 0.0, 0.1 * z_dim**-0.5)
 
@@ -90,7 +91,7 @@ class Generator(nn.Module):
         c = (torch.arange(size, device=z.device) * 2 + 1) / size - 1  # pixel centres in (-1, 1)
         y, x = torch.meshgrid(c * self.scale, c * self.scale, indexing="ij")
         xy = torch.stack([x, y], -1).view(-1, 2)  # (size*size, 2)
-        h_z = self.fc_z(z)[:, None]  # (B, 1, width)
+        h_z = 2**0.5 * self.fc_z(z)[:, None]  # (B, 1, width): W_z z, variance 1
         film = [m(z)[:, None].chunk(2, -1) for m in self.film]  # per layer (gamma - 1, beta), each (B, 1, width)
         per_pixel = z.size(0) * self.width + 4 * self.fc_xy.in_features  # activations; features, sin, cos, angles
         chunk = chunk or max(1, 2**24 // per_pixel)  # pixels per pass: bounded memory at any size
@@ -99,7 +100,7 @@ class Generator(nn.Module):
 
     def pixels(self, xy, h_z, film):  # (pixels, 2) -> (B, pixels, channels)
         a = xy @ self.freq  # (pixels, features)
-        h = torch.tanh(h_z + self.fc_xy(torch.cat([a.sin(), a.cos()], -1)))  # (B, pixels, width)
+        h = torch.tanh(h_z * self.fc_xy(torch.cat([a.sin(), a.cos()], -1)))  # (B, pixels, width): z gates each feature
         for fc, (g, b) in zip(self.hidden, film):
             h = torch.tanh(fc(h) * (1 + g) + b)  # FiLM: z scales and shifts every hidden layer
         return torch.tanh(self.out(h))

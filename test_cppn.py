@@ -34,6 +34,20 @@ def test_no_layer_couples_pixels_or_samples():
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in G.modules())
 
 
+def test_no_pattern_free_of_z_in_the_first_layer(monkeypatch):
+    """z gates the coordinate features: the first tanh layer's input is odd in z at every pixel, whatever the weights,
+    so G has no image there that ignores z (with z added instead it drew one and collapsed: docs/cppn.md)."""
+    torch.manual_seed(0)
+    G, z, inputs, tanh = cppn.Generator(16, 1, 8, 32), torch.randn(4, 16), [], torch.tanh
+    for p in G.parameters():  # any trained weights, biases included
+        p.data.normal_()
+    monkeypatch.setattr(torch, "tanh", lambda a: (inputs.append(a), tanh(a))[1])
+    with torch.no_grad():
+        G(torch.cat([z, -z]))
+    first = inputs[0]  # (8, 64 pixels, 32): samples z, then -z
+    assert first.std() > 1 and (first[:4] + first[4:]).abs().max() < 1e-5 * first.abs().max()
+
+
 def test_chunked_rendering_equals_one_pass():
     torch.manual_seed(0)
     G, z = cppn.Generator(16, 3, 28, 32), torch.randn(3, 16)
