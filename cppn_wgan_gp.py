@@ -13,9 +13,10 @@ Deviations from the paper / official code:
   wgan_gp.py's generator here (the measurements: docs/cppn.md). Each pixel is still a function of its (x, y) and z:
   - (x, y) enter as 128 Fourier features [sin, cos](F (x, y)), F ~ N(0, 1) fixed (Tancik et al. 2020,
     arXiv:2006.10739), x, y in [-s, s], s = 2 (--coord-scale; Ha: raw, s = 8): no saturated first layer;
-  - z multiplies them in the first layer, tanh((W_xy features) * (W_z z)), W_z without a bias (Ha adds z, scaled by
-    s): zero mean over z at every pixel, as after a DCGAN generator's first BatchNorm, so no image is free of z;
-    with z added, G drew one z-free shape against --width 16 (a collapse: docs/cppn.md);
+  - z multiplies them in the first layer, tanh((W_xy features) * sqrt2 W_z z), W_z without a bias (Ha adds z,
+    scaled by s): zero mean over z at every pixel, as a DCGAN generator's bias-free first layer, so no pixel pattern
+    is free of z there; with z added, G drew one z-free shape against --width 16 (a collapse; multiplied, 5 to 9 of
+    10 digit classes from 500 to 750 iterations, one run: docs/cppn.md);
   - z scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871);
   - hidden weights N(0, 1/fan_in), the first layer's input variance 1; tanh from the first layer on (Ha's GAN code:
     softplus first).
@@ -64,7 +65,7 @@ def dcgan_init(m):
 
 
 class Generator(nn.Module):
-    """CPPN: every pixel alone from its coordinates and z. Fourier features of (x, y) -> tanh(W_xy . * W_z z) ->
+    """CPPN: every pixel alone from its coordinates and z. Fourier features of (x, y) -> tanh(W_xy . * sqrt2 W_z z) ->
     depth tanh layers, each pre-activation scaled and shifted by z (FiLM) -> tanh, in [-1, 1]."""
 
     def __init__(self, z_dim, channels, size, width, depth=3, scale=2.0, features=64):

@@ -170,32 +170,21 @@ class RowNorm(nn.Module):
 
 
 MODEL_RULES = {  # "script*C+RULE": the script's CPPN with its first layer's rows at a fixed norm
-    "znorm": {"fc_z": 2**-0.5},  # z's share of the first layer's input variance stays 1/2
+    "znorm": {"fc_z": 2**-0.5},  # each unit of W_z z keeps variance 1/2 (z added: z's share of the first layer's)
     "znorm+xynorm": {"fc_z": 2**-0.5, "fc_xy": 2**0.5},  # and the pixel's ~1
 }
 
 
 def model_rule(module, rule):
-    """Patch `module`'s Generator: the layers of `rule` get RowNorm parametrizations of their init's norm; "mult":
-    the first layer's input is sqrt(2) (W_z z) * (W_xy features), without W_z's bias: zero mean over z at every pixel
-    (as a DCGAN generator's first layer, BatchNorm after W_z z), so no pixel pattern is free of z there."""
+    """Patch `module`'s Generator: the layers of `rule` get RowNorm parametrizations, each row's norm fixed at the
+    expected norm of an initial row. (At commit
+    01f9afa, where z was still added in the first layer, "mult" made it the product cppn_wgan_gp.py now has.)"""
 
     class Generator(module.Generator):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
-            for key, gain in MODEL_RULES.get(rule, {}).items():
+            for key, gain in MODEL_RULES[rule].items():
                 nn.utils.parametrize.register_parametrization(getattr(self, key), "weight", RowNorm(gain))
-            if rule == "mult":
-                self.fc_z.register_parameter("bias", None)
-
-        def pixels(self, xy, h_z, film):
-            if rule != "mult":
-                return super().pixels(xy, h_z, film)
-            a = xy @ self.freq
-            h = torch.tanh(2**0.5 * h_z * self.fc_xy(torch.cat([a.sin(), a.cos()], -1)))
-            for fc, (g, b) in zip(self.hidden, film):
-                h = torch.tanh(fc(h) * (1 + g) + b)
-            return torch.tanh(self.out(h))
 
     module.Generator = Generator
 
@@ -423,7 +412,9 @@ def main():
         grid(a.root, a.names, a.sets, a.widths, a.seeds, a.size, a.iters, a.every, a.jobs)
     else:
         for name in a.names:
+            saved = cppn_wgan_gp.Generator, wgan_gp.Generator, torch.optim.Adam  # each name patches its own
             gan(a.root, name, a.iters, a.every, a.size, a.extra.split(), a.seed, a.out and os.path.join(a.out, name))
+            cppn_wgan_gp.Generator, wgan_gp.Generator, torch.optim.Adam = saved
 
 
 if __name__ == "__main__":
