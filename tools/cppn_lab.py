@@ -153,12 +153,11 @@ VARIANTS = {  # name -> CPPN options (scale is --coord-scale's, 8 unless set her
 
 STEP_RULES = {  # "script*C+RULE": factors on the CPPN's step size by parameter name (biases take their layer's)
     "rel": {"fc_xy": 2**0.5, "fc_z": 2**-0.5, "film": 0.1},  # each layer's step in proportion to its init std
-    "film1": {"film": 0.1},  # the FiLM layers at a tenth (at C = 10: the critic's alpha), the rest at C
 }
 
 
 class RowNorm(nn.Module):
-    """W = gain * V / ||V's rows||: each unit's input from z ~ N(0, I) keeps variance gain^2 however V is trained
+    """W = gain * V / ||V's rows||: each unit of W x keeps variance gain^2 for x ~ N(0, I), however V is trained
     (weight normalization, Salimans & Kingma 2016, with a fixed gain: the analytic BatchNorm of a linear map of z)."""
 
     def __init__(self, gain):
@@ -177,8 +176,8 @@ MODEL_RULES = {  # "script*C+RULE": the script's CPPN with its first layer's row
 
 def model_rule(module, rule):
     """Patch `module`'s Generator: the layers of `rule` get RowNorm parametrizations, each row's norm fixed at the
-    expected norm of an initial row. (At commit
-    01f9afa, where z was still added in the first layer, "mult" made it the product cppn_wgan_gp.py now has.)"""
+    expected norm of an initial row. (At commit 01f9afa, where z was still added in the first layer, "mult" made it
+    the product cppn_wgan_gp.py now has.)"""
 
     class Generator(module.Generator):
         def __init__(self, *a, **k):
