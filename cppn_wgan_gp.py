@@ -92,7 +92,7 @@ class Generator(nn.Module):
         c = (torch.arange(size, device=z.device) * 2 + 1) / size - 1  # pixel centres in (-1, 1)
         y, x = torch.meshgrid(c * self.scale, c * self.scale, indexing="ij")
         xy = torch.stack([x, y], -1).view(-1, 2)  # (size*size, 2)
-        h_z = 2**0.5 * self.fc_z(z)[:, None]  # (B, 1, width): W_z z, variance 1
+        h_z = 2**0.5 * self.fc_z(z)[:, None]  # (B, 1, width): sqrt2 W_z z, variance 1
         film = [m(z)[:, None].chunk(2, -1) for m in self.film]  # per layer (gamma - 1, beta), each (B, 1, width)
         per_pixel = z.size(0) * self.width + 4 * self.fc_xy.in_features  # activations; features, sin, cos, angles
         chunk = chunk or max(1, 2**24 // per_pixel)  # pixels per pass: bounded memory at any size
