@@ -15,7 +15,8 @@ A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's generator, for compa
 wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and "script*C" cppn_wgan_gp.py with --cppn-lr-mul C; "script*C,D"
 takes C up to the first report, then D, and so on, the last to the end: a step-size schedule by resuming;
 "script+RULE" or "script*C+RULE" patches in a rule of STEP_RULES (step sizes by layer) or of model_rule (the CPPN's
-first layer)).
+first layer, or other initial weights); any name can end in ":FLAG=V,..." (e.g. "script:coord-scale=3"), its own
+script flags).
 "base" is the layout of Ha's random-art CPPN (raw x, y, r at s = 8 and z into the first of four tanh layers) with
 PyTorch's default initialisation, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one
 thread (--threads); give each its own process to run several side by side.
@@ -174,14 +175,25 @@ MODEL_RULES = {  # "script*C+RULE": the script's CPPN with its first layer's row
 }
 
 
+INIT_RULES = {  # "script+RULE": the script's CPPN with other initial weights (z_dim 128)
+    "film03": lambda G: [nn.init.normal_(m.weight, 0.0, 0.3 * 128**-0.5) for m in G.film],  # FiLM's std 0.3x
+    "film1": lambda G: [nn.init.normal_(m.weight, 0.0, 128**-0.5) for m in G.film],  # gamma - 1, beta ~ N(0, 1)
+    "out0": lambda G: nn.init.zeros_(G.out.weight),  # every image starts flat gray
+}
+
+
 def model_rule(module, rule):
     """Patch `module`'s Generator: the layers of `rule` get RowNorm parametrizations, each row's norm fixed at the
-    expected norm of an initial row. (At commit 01f9afa, where z was still added in the first layer, "mult" made it
-    the product cppn_wgan_gp.py now has.)"""
+    expected norm of an initial row, or (INIT_RULES) other initial weights. (At commit 01f9afa, where z was still
+    added in the first layer, "mult" made it the product cppn_wgan_gp.py now has.)"""
 
     class Generator(module.Generator):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
+            if rule in INIT_RULES:
+                with torch.no_grad():
+                    INIT_RULES[rule](self)
+                return
             for key, gain in MODEL_RULES[rule].items():
                 nn.utils.parametrize.register_parametrization(getattr(self, key), "weight", RowNorm(gain))
 
@@ -280,7 +292,9 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
     """Train through the script's own main() (the variant patched in), score with digits.py after every `every`.
     With `out` holding a checkpoint from an earlier call, go on from it (resumes are exact: same result)."""
     module = wgan_gp if name == "wgan_gp" else cppn_wgan_gp
-    label, (name, _, rule) = name, name.partition("+") if name.startswith("script") else (name, "", "")
+    label, (name, _, flags) = name, name.partition(":")  # "NAME:FLAG=V,...": NAME with --FLAG=V ... of its own
+    extra = [f"--{f}" for f in flags.split(",") if f] + extra
+    name, _, rule = name.partition("+") if name.startswith("script") else (name, "", "")
     muls = name[7:].split(",") if name.startswith("script*") else []  # "script*C,D": C to the first report, then D
     if rule:
         (step_rule if rule in STEP_RULES else model_rule)(module, rule)
