@@ -16,7 +16,7 @@ Deviations from the paper / official code:
   - z multiplies them in the first layer, tanh((W_xy features) * sqrt2 W_z z), W_z without a bias (Ha adds z,
     scaled by s): zero mean over z at every pixel, as a DCGAN generator's bias-free first layer, so no pixel pattern
     is free of z there; with z added, G drew one z-free shape against --width 16 (a collapse; multiplied, no run of a
-    16x16 grid of two sets and three seeds drew one shape, though 4 to 7 of 10 classes at 500 iterations: docs/cppn.md);
+    16x16 grid of two sets and three seeds drew one shape, though some held only 4 of 10 classes at 500: docs/cppn.md);
   - z scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871);
   - hidden weights N(0, 1/fan_in), the first layer's input variance 1; tanh from the first layer on (Ha's GAN code:
     softplus first).
