@@ -175,9 +175,9 @@ MODEL_RULES = {  # "script*C+RULE": the script's CPPN with its first layer's row
 }
 
 
-INIT_RULES = {  # "script+RULE": the script's CPPN with other initial weights (z_dim 128)
-    "film03": lambda G: [nn.init.normal_(m.weight, 0.0, 0.3 * 128**-0.5) for m in G.film],  # FiLM's std 3x
-    "film1": lambda G: [nn.init.normal_(m.weight, 0.0, 128**-0.5) for m in G.film],  # gamma - 1, beta ~ N(0, 1)
+INIT_RULES = {  # "script+RULE": the script's CPPN with other initial weights
+    "film03": lambda G: [nn.init.normal_(m.weight, 0.0, 0.3 * m.in_features**-0.5) for m in G.film],  # FiLM's std 3x
+    "film1": lambda G: [nn.init.normal_(m.weight, 0.0, m.in_features**-0.5) for m in G.film],  # gamma-1, beta ~ N(0, 1)
     "out0": lambda G: nn.init.zeros_(G.out.weight),  # every image starts flat gray
 }
 
