@@ -182,10 +182,38 @@ INIT_RULES = {  # "script+RULE": the script's CPPN with other initial weights
 }
 
 
+class XYR:
+    """script+xyr: Ha's raw x, y, r (divided by s) beside the Fourier features in the first layer, each part with
+    half of its input variance (Fourier features: N(0, 1/(2F)) weights; E[(x^2 + y^2 + r^2) / s^2] = 4/3)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        f = self.freq.size(1)
+        self.fc_xy = nn.Linear(2 * f + 3, self.width, bias=False).to(self.freq.device)
+        with torch.no_grad():
+            nn.init.normal_(self.fc_xy.weight[:, : 2 * f], 0.0, (2 * f) ** -0.5)
+            nn.init.normal_(self.fc_xy.weight[:, 2 * f :], 0.0, (8 / 3) ** -0.5)
+
+    def pixels(self, xy, h_z, film):
+        a, u = xy @ self.freq, xy / self.scale
+        h = torch.tanh(h_z * self.fc_xy(torch.cat([a.sin(), a.cos(), u, u.norm(dim=-1, keepdim=True)], -1)))
+        for fc, (g, b) in zip(self.hidden, film):
+            h = torch.tanh(fc(h) * (1 + g) + b)
+        return torch.tanh(self.out(h))
+
+
+ARCH_RULES = {"xyr": XYR}  # "script+RULE": the script's CPPN with another first layer
+
+
 def model_rule(module, rule):
     """Patch `module`'s Generator: the layers of `rule` get RowNorm parametrizations, each row's norm fixed at the
-    expected norm of an initial row, or (INIT_RULES) other initial weights. (At commit 01f9afa, where z was still
-    added in the first layer, "mult" made it the product cppn_wgan_gp.py now has.)"""
+    expected norm of an initial row, or (INIT_RULES) other initial weights, or (ARCH_RULES) another first layer.
+    (At commit 01f9afa, where z was still added in the first layer, "mult" made it the product cppn_wgan_gp.py now
+    has.)"""
+
+    if rule in ARCH_RULES:
+        module.Generator = type("Generator", (ARCH_RULES[rule], module.Generator), {})
+        return
 
     class Generator(module.Generator):
         def __init__(self, *a, **k):
