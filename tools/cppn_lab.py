@@ -14,9 +14,9 @@ ratio to wgan_gp.py's run of the same set, width and seed. A run that is done is
 A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's generator, for comparison; with `gan`, "wgan_gp" runs
 wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and "script*C" cppn_wgan_gp.py with --cppn-lr-mul C; "script*C,D"
 takes C up to the first report, then D, and so on, the last to the end: a step-size schedule by resuming;
-"script+RULE" or "script*C+RULE" patches in a rule of STEP_RULES (step sizes by layer) or of model_rule (the CPPN's
-first layer, or other initial weights); any name can end in ":FLAG=V,..." (e.g. "script:coord-scale=3"), its own
-script flags).
+"script+RULE" or "script*C+RULE" patches in a rule of STEP_RULES (step sizes by layer), of ADAM_RULES (the CPPN's
+Adam) or of model_rule (the CPPN's first layer, or other initial weights), "script+R1+R2" two of them; any name can
+end in ":FLAG=V,..." (e.g. "script:coord-scale=3"), its own script flags).
 "base" is the layout of Ha's random-art CPPN (raw x, y, r at s = 8 and z into the first of four tanh layers) with
 PyTorch's default initialisation, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one
 thread (--threads); give each its own process to run several side by side.
@@ -154,7 +154,11 @@ VARIANTS = {  # name -> CPPN options (scale is --coord-scale's, 8 unless set her
 
 STEP_RULES = {  # "script*C+RULE": factors on the CPPN's step size by parameter name (biases take their layer's)
     "rel": {"fc_xy": 2**0.5, "fc_z": 2**-0.5, "film": 0.1},  # each layer's step in proportion to its init std
+    "zslow": {"fc_z": 0.3, "film": 0.3},  # the layers z enters by (W_z, FiLM) at 0.3x the rest's step
 }
+
+
+ADAM_RULES = {"b2g": {"betas": (0.0, 0.99)}}  # "script+RULE": the CPPN's Adam with other settings (the critic's: as is)
 
 
 class RowNorm(nn.Module):
@@ -229,8 +233,9 @@ def model_rule(module, rule):
 
 
 def step_rule(module, rule):
-    """Patch `module`'s Generator and torch.optim.Adam so that the CPPN's Adam has one group per factor of `rule`."""
-    factors, real = STEP_RULES[rule], torch.optim.Adam
+    """Patch `module`'s Generator and torch.optim.Adam so that the CPPN's Adam has one group per factor of `rule`
+    (STEP_RULES) or ADAM_RULES' settings."""
+    factors, settings, real = STEP_RULES.get(rule, {}), ADAM_RULES.get(rule, {}), torch.optim.Adam
 
     class Generator(module.Generator):
         def __init__(self, *a, **k):
@@ -243,7 +248,8 @@ def step_rule(module, rule):
         if not hasattr(params[0], "lab_factor"):  # the critic's
             return real(params, lr=lr, **k)
         fs = sorted({p.lab_factor for p in params})
-        return real([{"params": [p for p in params if p.lab_factor == f], "lr": lr * f} for f in fs], lr=lr, **k)
+        groups = [{"params": [p for p in params if p.lab_factor == f], "lr": lr * f} for f in fs]
+        return real(groups, lr=lr, **k | settings)
 
     module.Generator, torch.optim.Adam = Generator, adam
 
@@ -324,8 +330,9 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
     extra = [f"--{f}" for f in flags.split(",") if f] + extra
     name, _, rule = name.partition("+") if name.startswith("script") else (name, "", "")
     muls = name[7:].split(",") if name.startswith("script*") else []  # "script*C,D": C to the first report, then D
-    if rule:
-        (step_rule if rule in STEP_RULES else model_rule)(module, rule)
+    known = STEP_RULES | ADAM_RULES | MODEL_RULES | INIT_RULES | ARCH_RULES
+    for r in [rule] if rule in known else rule.split("+") if rule else []:  # "xyr+b2g": one rule, then the other
+        (step_rule if r in STEP_RULES | ADAM_RULES else model_rule)(module, r)
     if muls:  # "script*C": cppn_wgan_gp.py as it is, with --cppn-lr-mul C
         extra = ["--cppn-lr-mul", muls[0]] + extra
     elif name not in ("wgan_gp", "script"):  # "script": cppn_wgan_gp.py as it is
