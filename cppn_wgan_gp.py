@@ -5,10 +5,10 @@ et al., "Improved Training of Wasserstein GANs", 2017, arXiv:1704.00028, Algorit
     python cppn_wgan_gp.py --resume runs/cppn_wgan_gp-mnist-28/checkpoint.pt --render 1024
 
 The generator maps one pixel's coordinates (x, y) and z to that pixel's value, so a generator trained at
-28x28 draws the same image at any resolution. The critic and the training are wgan_gp.py's.
+28x28 draws the same image at any resolution. The critic and the training are wgan_gp.py's, at other step sizes.
 
 Deviations from the paper / official code:
-- The critic, the training and their deviations are wgan_gp.py's (see its header).
+- The critic, the training and their deviations are wgan_gp.py's (see its header), but for the step sizes below.
 - Not Ha's CPPN: his codes feed raw x, y, r and z into softplus or tanh layers, which learned far slower than
   wgan_gp.py's generator here (the measurements: docs/cppn.md). Each pixel is still a function of its (x, y) and z:
   - (x, y) enter as 128 Fourier features [sin, cos](F (x, y)), F ~ N(0, 1) fixed (Tancik et al. 2020,
@@ -20,8 +20,11 @@ Deviations from the paper / official code:
   - z scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871);
   - hidden weights N(0, 1/fan_in), the first layer's input variance 1; tanh from the first layer on (Ha's GAN code:
     softplus first).
-- The CPPN's Adam alpha is 10x the critic's (--cppn-lr-mul; Alg. 1: one alpha): Adam moves a weight by about alpha,
-  and the CPPN's weights start ~4x larger than the DCGAN generator's; at 1x (z added) it fell 6x behind wgan_gp.py.
+- The CPPN's Adam alpha is 1e-3 (Alg. 1: 1e-4): Adam moves a weight by about alpha, and the CPPN's weights start ~4x
+  larger than the DCGAN generator's; at 1e-4 (z added) it fell 6x behind wgan_gp.py.
+- The critic's Adam alpha is 2.5e-4 (--lr; Alg. 1: 1e-4), the CPPN's 4x that (--cppn-lr-mul): against a critic at
+  1e-4 G outran it and its class proportions swung from one report to the next; the faster critic (Heusel et al.
+  2017, arXiv:1706.08500: the critic the faster) kept pace, and G's swings stopped on a 16x16 grid (docs/cppn.md).
 - Pixel centres, not linspace(-s, s): drawn at 4S and average-pooled by 4, an image comes close to the one at S.
 - A tanh output into [-1, 1], like the data (the known CPPN-WGAN-GP code's CIFAR-10 script: a sigmoid).
 - The critic has DCGAN's N(0, 0.02) initialisation; the CPPN has no BatchNorm, so train and eval mode agree.
@@ -202,7 +205,7 @@ def get_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="m; Alg. 1: 64")
     p.add_argument("--iters", type=int, default=100000, help="generator iterations to reach (default: 100000)")
     p.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step; Alg. 1: 5")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam alpha; Alg. 1: 1e-4")
+    p.add_argument("--lr", type=float, default=2.5e-4, help="the critic's Adam alpha (default: 2.5e-4; Alg. 1: 1e-4)")
     p.add_argument("--beta1", type=float, default=0.0, help="Adam beta1; Alg. 1: 0")
     p.add_argument("--beta2", type=float, default=0.9, help="Adam beta2; Alg. 1: 0.9")
     p.add_argument("--lam", type=float, default=10.0, help="gradient penalty weight lambda; Alg. 1: 10")
@@ -210,7 +213,7 @@ def get_args(argv=None):
     p.add_argument("--width", type=int, default=64, help="base channel width (default: 64, DCGAN's)")
     p.add_argument("--cppn-width", type=int, default=128, help="CPPN hidden units (CPPN-GAN code: 128)")
     p.add_argument("--cppn-depth", type=int, default=3, help="CPPN tanh layers after the first (CPPN-GAN: 3)")
-    p.add_argument("--cppn-lr-mul", type=float, default=10.0, help="CPPN Adam alpha = --lr * this (default: 10)")
+    p.add_argument("--cppn-lr-mul", type=float, default=4.0, help="CPPN Adam alpha = --lr * this (default: 4)")
     p.add_argument("--coord-scale", type=float, default=2.0, help="x, y in [-s, s] (default: 2; CPPN-GAN code: 8)")
     p.add_argument("--ema", type=float, default=0.999, help="samples from G's weight average (default: 0.999; 0: G)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
