@@ -20,11 +20,13 @@ Deviations from the paper / official code:
   - z scales and shifts every hidden tanh layer's input (FiLM, Perez et al. 2017, arXiv:1709.07871);
   - hidden weights N(0, 1/fan_in), the first layer's input variance 1; tanh from the first layer on (Ha's GAN code:
     softplus first).
-- The CPPN's Adam alpha is 1e-3 (Alg. 1: 1e-4): Adam moves a weight by about alpha, and the CPPN's weights start ~4x
-  larger than the DCGAN generator's; at 1e-4 (z added) it fell 6x behind wgan_gp.py.
-- The critic's Adam alpha is 2.5e-4 (--lr; Alg. 1: 1e-4), the CPPN's 4x that (--cppn-lr-mul): against a critic at
-  1e-4 G outran it and its class proportions swung from one report to the next; the faster critic (Heusel et al.
-  2017, arXiv:1706.08500: the critic the faster) kept pace, and G's swings stopped on a 16x16 grid (docs/cppn.md).
+- The CPPN's Adam alpha is 1e-3 (--lr x --cppn-lr-mul, 2.5e-4 x 4; Alg. 1: 1e-4): Adam moves a weight by about
+  alpha, and the CPPN's weights start ~4x larger than the DCGAN generator's; at 1e-4 (z added) it fell 6x behind
+  wgan_gp.py.
+- The critic's Adam alpha is 2.5e-4 (--lr; Alg. 1: 1e-4): at 1e-4, a tenth of G's, the critic fell behind G and G's
+  class proportions swung from one report to the next; at 2.5e-4 G kept 8+ of 10 classes and swung less (a 16x16
+  grid, two sets, three seeds, default critic: docs/cppn.md). TTUR (Heusel et al. 2017, arXiv:1706.08500) gives the
+  critic the larger step.
 - Pixel centres, not linspace(-s, s): drawn at 4S and average-pooled by 4, an image comes close to the one at S.
 - A tanh output into [-1, 1], like the data (the known CPPN-WGAN-GP code's CIFAR-10 script: a sigmoid).
 - The critic has DCGAN's N(0, 0.02) initialisation; the CPPN has no BatchNorm, so train and eval mode agree.

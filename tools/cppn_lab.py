@@ -291,7 +291,7 @@ def init_stats(G, z_dim, size, n=64):
 
 
 def fit_race(G, z_dim, target, steps, lr, bs=64):
-    """Regress a fixed z_i onto target image i with the training's Adam (alpha 1e-4, betas (0, 0.9)): how fast
+    """Regress a fixed z_i onto target image i with Alg. 1's Adam (alpha 1e-4, betas (0, 0.9)): how fast
     can the generator make its output depend on z? Returns the MSE after each quarter of the steps."""
     torch.manual_seed(1)
     z = torch.randn(len(target), z_dim)
