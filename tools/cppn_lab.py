@@ -14,9 +14,9 @@ ratio to wgan_gp.py's run of the same set, width and seed. A run that is done is
 A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's generator, for comparison; with `gan`, "wgan_gp" runs
 wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and "script*C" cppn_wgan_gp.py with --cppn-lr-mul C; "script*C,D"
 takes C up to the first report, then D, and so on, the last to the end: a step-size schedule by resuming;
-"script+RULE" or "script*C+RULE" patches in a rule of STEP_RULES (step sizes by layer), of ADAM_RULES (the CPPN's
-Adam) or of model_rule (the CPPN's first layer, or other initial weights), "script+R1+R2" two of them; any name can
-end in ":FLAG=V,..." (e.g. "script:coord-scale=3"), its own script flags).
+"script+RULE" or "script*C+RULE" patches in a rule of STEP_RULES (step sizes by layer), of ADAM_RULES or OPT_RULES (the
+CPPN's Adam; Lookahead) or of model_rule (the CPPN's first layer, or other initial weights), "script+R1+R2" two of
+them; any name can end in ":FLAG=V,..." (e.g. "script:coord-scale=3"), its own script flags).
 "base" is the layout of Ha's random-art CPPN (raw x, y, r at s = 8 and z into the first of four tanh layers) with
 PyTorch's default initialisation, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one
 thread (--threads); give each its own process to run several side by side.
@@ -161,6 +161,31 @@ STEP_RULES = {  # "script*C+RULE": factors on the CPPN's step size by parameter 
 ADAM_RULES = {"b2g": {"betas": (0.0, 0.99)}}  # "script+RULE": the CPPN's Adam with other settings (the critic's: as is)
 
 
+class LookaheadAdam(torch.optim.Adam):
+    """Adam, and every k of its steps each weight w pulled to a slow copy: slow <- slow + a (w - slow), w <- slow
+    (Lookahead, Zhang et al. 2019, arXiv:1907.08610). The slow copies are optimizer state: checkpoints resume them."""
+
+    def __init__(self, params, k=5, a=0.5, **kw):
+        super().__init__(params, **kw)
+        self.k, self.a = k, a
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"]]
+        first = {p: p.detach().clone() for p in params if "slow" not in self.state[p]}  # the weights before step 1
+        loss = super().step(closure)
+        for p in params:
+            s = self.state[p]
+            s.setdefault("slow", first.get(p))
+            if int(s["step"]) % self.k == 0:
+                s["slow"] += self.a * (p - s["slow"])
+                p.copy_(s["slow"])
+        return loss
+
+
+OPT_RULES = {"la": {"k": 5, "a": 0.5}, "la10": {"k": 10, "a": 0.5}}  # "script+RULE": the CPPN's Adam with Lookahead
+
+
 class RowNorm(nn.Module):
     """W = gain * V / ||V's rows||: each unit of W x keeps variance gain^2 for x ~ N(0, I), however V is trained
     (weight normalization, Salimans & Kingma 2016, with a fixed gain: the analytic BatchNorm of a linear map of z)."""
@@ -236,6 +261,7 @@ def step_rule(module, rule):
     """Patch `module`'s Generator and torch.optim.Adam so that the CPPN's Adam has one group per factor of `rule`
     (STEP_RULES) or ADAM_RULES' settings."""
     factors, settings, real = STEP_RULES.get(rule, {}), ADAM_RULES.get(rule, {}), torch.optim.Adam
+    la = OPT_RULES.get(rule)
 
     class Generator(module.Generator):
         def __init__(self, *a, **k):
@@ -249,7 +275,7 @@ def step_rule(module, rule):
             return real(params, lr=lr, **k)
         fs = sorted({p.lab_factor for p in params})
         groups = [{"params": [p for p in params if p.lab_factor == f], "lr": lr * f} for f in fs]
-        return real(groups, lr=lr, **k | settings)
+        return LookaheadAdam(groups, lr=lr, **la, **k) if la else real(groups, lr=lr, **k | settings)
 
     module.Generator, torch.optim.Adam = Generator, adam
 
@@ -330,9 +356,9 @@ def gan(root, name, iters, every, size, extra, seed=0, out=None):
     extra = [f"--{f}" for f in flags.split(",") if f] + extra
     name, _, rule = name.partition("+") if name.startswith("script") else (name, "", "")
     muls = name[7:].split(",") if name.startswith("script*") else []  # "script*C,D": C to the first report, then D
-    known = STEP_RULES | ADAM_RULES | MODEL_RULES | INIT_RULES | ARCH_RULES
+    known = STEP_RULES | ADAM_RULES | OPT_RULES | MODEL_RULES | INIT_RULES | ARCH_RULES
     for r in [rule] if rule in known else rule.split("+") if rule else []:  # "xyr+b2g": one rule, then the other
-        (step_rule if r in STEP_RULES | ADAM_RULES else model_rule)(module, r)
+        (step_rule if r in STEP_RULES | ADAM_RULES | OPT_RULES else model_rule)(module, r)
     if muls:  # "script*C": cppn_wgan_gp.py as it is, with --cppn-lr-mul C
         extra = ["--cppn-lr-mul", muls[0]] + extra
     elif name not in ("wgan_gp", "script"):  # "script": cppn_wgan_gp.py as it is
