@@ -183,7 +183,7 @@ class LookaheadAdam(torch.optim.Adam):
         return loss
 
 
-OPT_RULES = {"la": {"k": 5, "a": 0.5}, "la10": {"k": 10, "a": 0.5}}  # "script+RULE": the CPPN's Adam with Lookahead
+OPT_RULES = {"la": {"k": 5, "a": 0.5}}  # "script+RULE": the CPPN's Adam with Lookahead
 
 
 class RowNorm(nn.Module):
@@ -259,7 +259,7 @@ def model_rule(module, rule):
 
 def step_rule(module, rule):
     """Patch `module`'s Generator and torch.optim.Adam so that the CPPN's Adam has one group per factor of `rule`
-    (STEP_RULES) or ADAM_RULES' settings."""
+    (STEP_RULES), ADAM_RULES' settings or OPT_RULES' Lookahead."""
     factors, settings, real = STEP_RULES.get(rule, {}), ADAM_RULES.get(rule, {}), torch.optim.Adam
     la = OPT_RULES.get(rule)
 
