@@ -15,8 +15,8 @@ A VARIANT is a name from VARIANTS (or "dcgan", wgan_gp.py's generator, for compa
 wgan_gp.py itself, "script" cppn_wgan_gp.py as it is and "script*C" cppn_wgan_gp.py with --cppn-lr-mul C; "script*C,D"
 takes C up to the first report, then D, and so on, the last to the end: a step-size schedule by resuming;
 "script+RULE" or "script*C+RULE" patches in a rule of STEP_RULES (step sizes by layer), of ADAM_RULES or OPT_RULES (the
-CPPN's Adam; Lookahead) or of model_rule (the CPPN's first layer, or other initial weights), "script+R1+R2" two of
-them; any name can end in ":FLAG=V,..." (e.g. "script:coord-scale=3"), its own script flags).
+CPPN's Adam; Lookahead, optimism) or of model_rule (the CPPN's first layer, or other initial weights), "script+R1+R2"
+two of them; any name can end in ":FLAG=V,..." (e.g. "script:coord-scale=3"), its own script flags).
 "base" is the layout of Ha's random-art CPPN (raw x, y, r at s = 8 and z into the first of four tanh layers) with
 PyTorch's default initialisation, which cppn_wgan_gp.py had before the Fourier features and FiLM. Runs use one
 thread (--threads); give each its own process to run several side by side.
@@ -183,7 +183,28 @@ class LookaheadAdam(torch.optim.Adam):
         return loss
 
 
-OPT_RULES = {"la": {"k": 5, "a": 0.5}}  # "script+RULE": the CPPN's Adam with Lookahead
+class OptimisticAdam(torch.optim.Adam):
+    """Optimistic Adam (Daskalakis et al. 2018, arXiv:1711.00141): w <- w - 2 alpha u_t + alpha u_(t-1), u_t Adam's
+    step direction. Adam's own step d_t = -alpha u_t is taken, then d_t - d_(t-1) more; d_t is kept as optimizer state
+    (checkpoints resume it)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        before = [p.detach().clone() for p in params]
+        loss = super().step(closure)
+        for p, w in zip(params, before):
+            s = self.state[p]
+            d = p - w
+            p += d - s.get("last", torch.zeros_like(d))
+            s["last"] = d
+        return loss
+
+
+OPT_RULES = {  # "script+RULE": the CPPN's Adam as another optimizer
+    "la": (LookaheadAdam, {"k": 5, "a": 0.5}),  # Lookahead
+    "oadam": (OptimisticAdam, {}),  # optimism
+}
 
 
 class RowNorm(nn.Module):
@@ -259,7 +280,7 @@ def model_rule(module, rule):
 
 def step_rule(module, rule):
     """Patch `module`'s Generator and torch.optim.Adam so that the CPPN's Adam has one group per factor of `rule`
-    (STEP_RULES), ADAM_RULES' settings or OPT_RULES' Lookahead."""
+    (STEP_RULES), ADAM_RULES' settings or OPT_RULES' optimizer."""
     factors, settings, real = STEP_RULES.get(rule, {}), ADAM_RULES.get(rule, {}), torch.optim.Adam
     la = OPT_RULES.get(rule)
 
@@ -275,7 +296,7 @@ def step_rule(module, rule):
             return real(params, lr=lr, **k)
         fs = sorted({p.lab_factor for p in params})
         groups = [{"params": [p for p in params if p.lab_factor == f], "lr": lr * f} for f in fs]
-        return LookaheadAdam(groups, lr=lr, **la, **k) if la else real(groups, lr=lr, **k | settings)
+        return la[0](groups, lr=lr, **la[1], **k) if la else real(groups, lr=lr, **k | settings)
 
     module.Generator, torch.optim.Adam = Generator, adam
 
