@@ -158,7 +158,10 @@ STEP_RULES = {  # "script*C+RULE": factors on the CPPN's step size by parameter 
 }
 
 
-ADAM_RULES = {"b2g": {"betas": (0.0, 0.99)}}  # "script+RULE": the CPPN's Adam with other settings (the critic's: as is)
+ADAM_RULES = {  # "script+RULE": the CPPN's Adam with other settings (the critic's: as is)
+    "b2g": {"betas": (0.0, 0.99)},  # beta2 0.99
+    "b1g": {"betas": (0.5, 0.9)},  # momentum: beta1 0.5 (DCGAN's)
+}
 
 
 class LookaheadAdam(torch.optim.Adam):
