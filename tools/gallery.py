@@ -3,7 +3,7 @@ checkpoint is there), then draws docs/img/*.png and the CPPN's GIF from their ou
 
     python tools/gallery.py [--runs runs/gallery] [--out docs/img]
 
-One CPU thread, seed 0 (the scripts' default); on a 2-core CPU about 1 hour 40 minutes in all, most of it the CPPN.
+One CPU thread, seed 0 (the scripts' default); on a 2-core CPU about 1 hour 20 minutes in all, most of it the CPPN.
 """
 
 import argparse
